@@ -1,0 +1,72 @@
+"""What every evaluation shares: loading the ResNet-50 weights, devices, reporting.
+
+Every evaluation accepts the same weights: a training workdir (Flax checkpoint), an
+exported torchvision or moco `.pth`, or a `.safetensors` file. They all become a
+torchvision ResNet-50, so the established PyTorch protocols run unchanged.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from converters.mapping import StateDictMismatch
+from converters.torch_files import read_weights
+
+
+def resnet50_state_dict(path) -> dict[str, torch.Tensor]:
+  """torchvision resnet50 keys (no `fc.*`) from any supported weight source."""
+  path = Path(path)
+  if path.is_dir():
+    from converters.export_torch import read_checkpoint
+    weights = read_checkpoint(path)
+  elif path.exists():
+    weights = read_weights(path)
+  else:
+    raise FileNotFoundError(f'{path}: no such weights file or checkpoint folder')
+  state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.backbone().items()}
+  check_resnet50(state, path)
+  return state
+
+
+def check_resnet50(state: dict, source) -> None:
+  """Refuses anything but a complete torchvision ResNet-50 backbone, naming the keys."""
+  expected = {k: v.shape for k, v in torchvision.models.resnet50().state_dict().items()
+              if not k.startswith('fc.')}
+  missing = [k for k in expected if k not in state]
+  unexpected = [k for k in state if k not in expected]
+  misshaped = [(k, tuple(state[k].shape), tuple(s)) for k, s in expected.items()
+               if k in state and tuple(state[k].shape) != tuple(s)]
+  if missing or unexpected or misshaped:
+    raise StateDictMismatch(f'{source} (not a ResNet-50?)', missing, unexpected, misshaped)
+
+
+def pick_device() -> torch.device:
+  return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def build_resnet50(path, replace_stride_with_dilation=(False, False, False), device=None):
+  """torchvision ResNet-50 with the given weights, `fc` removed, in eval mode."""
+  model = torchvision.models.resnet50(replace_stride_with_dilation=list(replace_stride_with_dilation))
+  model.fc = torch.nn.Identity()
+  model.load_state_dict(resnet50_state_dict(path), strict=True)
+  return model.to(device or pick_device()).eval()
+
+
+def report(results: dict, out=None) -> None:
+  """Prints one JSON line and, if asked, writes the same JSON to `out`."""
+  line = json.dumps(results)
+  print(line)
+  if out:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + '\n')
+
+
+def add_weights_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('weights', help='training workdir, or a torchvision / moco .pth, '
+                                      'or a .safetensors file')
+  parser.add_argument('--out', default=None, help='write the JSON results to this file')

@@ -1,0 +1,57 @@
+"""Training checkpoints: orbax, under WORKDIR/checkpoints/<step>/{state,meta}.
+
+orbax writes each step into a temporary folder and renames it when complete, so a
+crash mid-save never leaves a half-written latest checkpoint. `meta` is JSON: the
+resolved config, epoch and where the weights came from.
+"""
+
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+ITEMS = ('state', 'meta')
+
+
+def checkpoint_dir(path) -> Path:
+  """Accepts a workdir (holding checkpoints/) or the checkpoints folder itself."""
+  path = Path(path).absolute()
+  holds_steps = path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+  return path if holds_steps and not (path / 'checkpoints').is_dir() else path / 'checkpoints'
+
+
+def manager(path, max_to_keep: int | None = None, async_save: bool = True):
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                         enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(checkpoint_dir(path), options=options, item_names=ITEMS)
+
+
+def save(mngr, step: int, state, meta: dict, force: bool = True):
+  mngr.save(int(step), force=force,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta)))
+
+
+def latest_step(path) -> int | None:
+  directory = checkpoint_dir(path)
+  if not directory.is_dir():
+    return None
+  return ocp.CheckpointManager(directory, item_names=ITEMS).latest_step()
+
+
+def restore_meta(path, step: int | None = None) -> dict:
+  mngr = ocp.CheckpointManager(checkpoint_dir(path), item_names=ITEMS)
+  step = mngr.latest_step() if step is None else step
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def restore(path, template=None, step: int | None = None):
+  """(state, meta) of `step` (default: latest). Without a template the state comes
+  back as nested dicts of arrays, which is all the exporters need."""
+  directory = checkpoint_dir(path)
+  mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'{path}: no checkpoint found in {directory}')
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+  return restored.state, restored.meta
