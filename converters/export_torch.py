@@ -51,11 +51,11 @@ def write(state: dict[str, np.ndarray], out: Path, extra: dict | None = None):
   tmp = out.with_name(out.name + '.tmp')
   if out.suffix == '.safetensors':
     from safetensors.numpy import save_file
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp),
+    save_file({k: np.array(v) for k, v in state.items()}, str(tmp),
               metadata={k: str(v) for k, v in (extra or {}).items()})
   else:
     import torch
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     torch.save({**extra, 'state_dict': tensors} if extra else tensors, tmp)
   os.replace(tmp, out)
 

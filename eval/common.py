@@ -27,7 +27,7 @@ def resnet50_state_dict(path) -> dict[str, torch.Tensor]:
     weights = read_weights(path)
   else:
     raise FileNotFoundError(f'{path}: no such weights file or checkpoint folder')
-  state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.backbone().items()}
+  state = {k: torch.from_numpy(np.array(v)) for k, v in weights.backbone().items()}
   check_resnet50(state, path)
   return state
 
