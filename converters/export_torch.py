@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.mapping import flax_to_torch
-from converters.torch_files import TorchWeights
+from converters.mapping import flax_to_torch, torch_order
+from converters.torch_files import TorchWeights, parameter_keys
 
 
 def read_checkpoint(path, step: int | None = None) -> TorchWeights:
@@ -30,33 +30,79 @@ def read_checkpoint(path, step: int | None = None) -> TorchWeights:
   if state.get('queue_h') is not None:
     queues['queue_backbone'] = np.asarray(state['queue_h'], np.float32).T
   config = meta.get('config', {})
-  return TorchWeights(
+  weights = TorchWeights(
       path=str(path), layout='moco',
       encoder_q=flax_to_torch(state['params'], state['batch_stats']),
       encoder_k=flax_to_torch(state['key_params'], state['key_batch_stats']),
       queues=queues, epoch=int(meta.get('epoch', 0)),
       arch=config.get('model', {}).get('arch', meta.get('arch')))
+  weights.optimizer = sgd_state(find_field(state['opt_state'], 'trace'), weights, config)
+  return weights
+
+
+def find_field(tree, name):
+  """The first value stored under `name` in a nested dict / list (the optax state)."""
+  if isinstance(tree, dict):
+    if name in tree:
+      return tree[name]
+    tree = list(tree.values())
+  if isinstance(tree, (list, tuple)):
+    for item in tree:
+      found = find_field(item, name)
+      if found is not None:
+        return found
+  return None
+
+
+def sgd_state(trace, weights: TorchWeights, config: dict) -> dict | None:
+  """torch.optim.SGD's state_dict over MoCo's parameters (encoder_q, then encoder_k)."""
+  if trace is None:
+    return None
+  momentum = flax_to_torch(trace, {})
+  keys = sorted(momentum, key=torch_order)
+  optim = config.get('optim', {})
+  epochs, lr = optim.get('epochs', 1), optim.get('base_lr', 0.0)
+  group = {'lr': float(lr * 0.5 * (1 + np.cos(np.pi * weights.epoch / epochs))),
+           'momentum': optim.get('momentum', 0.9), 'dampening': 0,
+           'weight_decay': optim.get('weight_decay', 0.0), 'nesterov': False,
+           'maximize': False, 'foreach': None, 'differentiable': False, 'fused': None,
+           'params': list(range(len(keys) + len(parameter_keys(weights.encoder_k))))}
+  return {'state': {i: {'momentum_buffer': momentum[k]} for i, k in enumerate(keys)},
+          'param_groups': [group]}
 
 
 def moco_state_dict(weights: TorchWeights) -> dict[str, np.ndarray]:
-  state = {f'module.encoder_q.{k}': v for k, v in weights.encoder_q.items()}
-  state.update({f'module.encoder_k.{k}': v for k, v in (weights.encoder_k or {}).items()})
+  """The original's keys, in its order: encoder_q, encoder_k, then the queues."""
+  state = {f'module.encoder_q.{k}': weights.encoder_q[k]
+           for k in sorted(weights.encoder_q, key=torch_order)}
+  state.update({f'module.encoder_k.{k}': weights.encoder_k[k]
+                for k in sorted(weights.encoder_k or {}, key=torch_order)})
   state.update({f'module.{k}': v for k, v in weights.queues.items()})
   return state
 
 
+def to_torch(tree):
+  import torch
+  if isinstance(tree, dict):
+    return {k: to_torch(v) for k, v in tree.items()}
+  if isinstance(tree, np.ndarray):
+    return torch.from_numpy(np.array(tree, order='C'))
+  return tree
+
+
 def write(state: dict[str, np.ndarray], out: Path, extra: dict | None = None):
-  """Writes atomically: a temporary file renamed into place."""
+  """Writes atomically: a temporary file renamed into place. `extra` (epoch, arch,
+  optimizer) wraps the tensors as {'state_dict': ..., **extra}, the original's layout."""
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(out.name + '.tmp')
   if out.suffix == '.safetensors':
     from safetensors.numpy import save_file
-    save_file({k: np.array(v) for k, v in state.items()}, str(tmp),
+    save_file({k: np.array(v, order='C') for k, v in state.items()}, str(tmp),
               metadata={k: str(v) for k, v in (extra or {}).items()})
   else:
     import torch
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    torch.save({**extra, 'state_dict': tensors} if extra else tensors, tmp)
+    tensors = to_torch(state)
+    torch.save({**to_torch(extra), 'state_dict': tensors} if extra else tensors, tmp)
   os.replace(tmp, out)
 
 
@@ -68,6 +114,8 @@ def export(path, out, fmt: str = 'torchvision', step: int | None = None) -> dict
   elif fmt == 'moco':
     state = moco_state_dict(weights)
     extra = {'epoch': weights.epoch, 'arch': weights.arch}
+    if weights.optimizer and out.suffix != '.safetensors':
+      extra['optimizer'] = weights.optimizer
   else:
     raise ValueError(f'unknown format {fmt!r}; use torchvision or moco')
   write(state, out, extra)

@@ -11,12 +11,23 @@ import re
 import numpy as np
 from flax import traverse_util
 
+# torchvision's registration order of modules and leaves (BasicBlock and Bottleneck
+# register conv1, bn1, conv2, bn2[, conv3, bn3], downsample; the head is fc.0, fc.2).
+TORCH_ORDER = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3', 'downsample', 'layer1', 'layer2',
+               'layer3', 'layer4', 'fc', 'weight', 'bias', 'running_mean', 'running_var',
+               'num_batches_tracked')
 LEAF_TO_TORCH = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
                  'var': 'running_var', 'num_batches_tracked': 'num_batches_tracked'}
 
 
 def torch_module_name(name: str) -> str:
   return re.sub(r'_(\d+)$', r'.\1', name)
+
+
+def torch_order(key: str) -> tuple[int, ...]:
+  """Sort key that puts torchvision ResNet keys in the order torch registers them,
+  which is the order of `model.parameters()` and so of the optimizer's state."""
+  return tuple(int(p) if p.isdigit() else TORCH_ORDER.index(p) for p in key.split('.'))
 
 
 def to_torch_array(leaf_name: str, value) -> np.ndarray:

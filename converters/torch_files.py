@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 QUEUE_KEYS = ('queue', 'queue_backbone', 'queue_ptr')
+BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 
 @dataclasses.dataclass
@@ -31,6 +32,11 @@ class TorchWeights:
   def backbone(self) -> dict[str, np.ndarray]:
     """The query encoder without its head: what torchvision's resnet50 loads."""
     return {k: v for k, v in self.encoder_q.items() if not k.startswith('fc.')}
+
+
+def parameter_keys(state: dict | None) -> list[str]:
+  """A torch module's parameters in its state_dict order (the state_dict minus BN buffers)."""
+  return [k for k in state or {} if not k.endswith(BN_BUFFERS)]
 
 
 def to_numpy(value):

@@ -5,6 +5,7 @@ crash mid-save never leaves a half-written latest checkpoint. `meta` is JSON: th
 resolved config, epoch and where the weights came from.
 """
 
+import json
 from pathlib import Path
 
 import orbax.checkpoint as ocp
@@ -17,6 +18,11 @@ def checkpoint_dir(path) -> Path:
   path = Path(path).absolute()
   holds_steps = path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
   return path if holds_steps and not (path / 'checkpoints').is_dir() else path / 'checkpoints'
+
+
+def make_meta(config, step: int, epoch: int, **extra) -> dict:
+  """The JSON beside each checkpoint: the resolved config and where in training it is."""
+  return {'config': json.loads(config.to_json()), 'step': int(step), 'epoch': int(epoch), **extra}
 
 
 def manager(path, max_to_keep: int | None = None, async_save: bool = True):

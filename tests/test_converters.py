@@ -1,0 +1,159 @@
+"""import_torch / export_torch against files laid out like the original project's."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from configs.base import get_base_config
+from converters.export_torch import export
+from converters.import_torch import import_weights
+from converters.mapping import torch_order
+
+REPO = Path(__file__).resolve().parents[1]
+K = 64
+
+
+def small_config(kind='ours'):
+  """ResNet-18 at torchvision width (so exports load into torchvision), a short queue."""
+  c = get_base_config()
+  c.model.arch, c.model.head_hidden_dim, c.model.dtype = 'resnet18', 512, 'float32'
+  c.method.kind, c.method.queue_size = kind, K
+  c.data.global_batch, c.data.bn_groups = 16, 1
+  c.crops.large_size, c.crops.small_size = 32, 16
+  return c
+
+
+def moco_encoder(seed):
+  torch.manual_seed(seed)
+  model = torchvision.models.resnet18()
+  model.fc = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                                 torch.nn.Linear(512, 128))
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.uniform_(-1, 1)
+      m.num_batches_tracked.fill_(seed + 10)
+  return model
+
+
+def original_checkpoint(path, with_backbone_queue=True, epoch=5):
+  """What the original main_moco.py saved: torch.save of epoch / arch / state_dict / optimizer."""
+  encoder_q, encoder_k = moco_encoder(0), moco_encoder(1)
+  state = {f'module.encoder_q.{k}': v for k, v in encoder_q.state_dict().items()}
+  state.update({f'module.encoder_k.{k}': v for k, v in encoder_k.state_dict().items()})
+  state['module.queue'] = torch.nn.functional.normalize(torch.randn(128, K), dim=0)
+  if with_backbone_queue:
+    state['module.queue_backbone'] = torch.nn.functional.normalize(torch.randn(512, K), dim=0)
+  state['module.queue_ptr'] = torch.tensor([48])
+  params = list(encoder_q.parameters()) + list(encoder_k.parameters())
+  optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+  for p in encoder_k.parameters():
+    p.requires_grad = False
+  for p in encoder_q.parameters():
+    p.grad = torch.randn_like(p)
+  optimizer.step()
+  torch.save({'epoch': epoch, 'arch': 'resnet18', 'state_dict': state,
+              'optimizer': optimizer.state_dict()}, path)
+  return encoder_q
+
+
+def test_torch_order_is_torchvision_parameter_order():
+  for arch in ('resnet18', 'resnet50'):
+    keys = [k for k, _ in getattr(torchvision.models, arch)().named_parameters()]
+    assert sorted(keys, key=torch_order) == keys
+  head = list(moco_encoder(0).state_dict())
+  assert sorted(head, key=torch_order) == head
+
+
+def test_original_checkpoint_survives_import_and_moco_export(tmp_path):
+  original_checkpoint(tmp_path / 'orig.pth.tar')
+  summary = import_weights(tmp_path / 'orig.pth.tar', tmp_path / 'run', small_config(), 100)
+  assert summary['source_format'] == 'moco' and summary['step'] == 500
+  assert summary['momentum_imported']
+  export(tmp_path / 'run', tmp_path / 'back.pth', 'moco')
+
+  before = torch.load(tmp_path / 'orig.pth.tar', weights_only=True)
+  after = torch.load(tmp_path / 'back.pth', weights_only=True)
+  assert (after['epoch'], after['arch']) == (before['epoch'], before['arch'])
+  assert after['state_dict'].keys() == before['state_dict'].keys()
+  for key, value in before['state_dict'].items():
+    assert after['state_dict'][key].dtype == value.dtype, key
+    assert torch.equal(after['state_dict'][key], value), key
+  momentum_before, momentum_after = before['optimizer']['state'], after['optimizer']['state']
+  assert momentum_after.keys() == momentum_before.keys()
+  for i in momentum_before:
+    assert torch.equal(momentum_after[i]['momentum_buffer'], momentum_before[i]['momentum_buffer'])
+  assert after['optimizer']['param_groups'][0]['params'] == \
+      before['optimizer']['param_groups'][0]['params']
+
+
+def test_torchvision_export_loads_into_torchvision_and_gives_the_same_features(tmp_path):
+  encoder_q = original_checkpoint(tmp_path / 'orig.pth.tar')
+  import_weights(tmp_path / 'orig.pth.tar', tmp_path / 'run', small_config(), 100)
+  export(tmp_path / 'run', tmp_path / 'tv.pth', 'torchvision')
+  model = torchvision.models.resnet18()
+  result = model.load_state_dict(torch.load(tmp_path / 'tv.pth', weights_only=True), strict=False)
+  assert sorted(result.missing_keys) == ['fc.bias', 'fc.weight'] and not result.unexpected_keys
+  model.fc = encoder_q.fc = torch.nn.Identity()
+  x = torch.randn(2, 3, 64, 64)
+  with torch.no_grad():
+    assert torch.equal(model.eval()(x), encoder_q.eval()(x))
+
+
+def test_plain_torchvision_file_round_trips_through_a_checkpoint(tmp_path):
+  state = torchvision.models.resnet18().state_dict()
+  torch.save(state, tmp_path / 'tv.pth')
+  summary = import_weights(tmp_path / 'tv.pth', tmp_path / 'run', small_config(), 100)
+  assert summary['source_format'] == 'torchvision' and summary['step'] == 0
+  export(tmp_path / 'run', tmp_path / 'back.safetensors', 'torchvision')
+  from safetensors.torch import load_file
+  back = load_file(str(tmp_path / 'back.safetensors'))
+  assert back.keys() == {k for k in state if not k.startswith('fc.')}
+  assert all(torch.equal(back[k], state[k]) for k in back)
+
+
+def test_queue_size_mismatch_names_the_config_field(tmp_path):
+  original_checkpoint(tmp_path / 'orig.pth.tar')
+  config = small_config()
+  config.method.queue_size = 2 * K
+  with pytest.raises(ValueError, match='queue_size'):
+    import_weights(tmp_path / 'orig.pth.tar', tmp_path / 'run', config, 100)
+
+
+def test_ours_checkpoint_into_a_moco_config_is_refused(tmp_path):
+  original_checkpoint(tmp_path / 'orig.pth.tar')
+  with pytest.raises(ValueError, match="use an 'ours' config"):
+    import_weights(tmp_path / 'orig.pth.tar', tmp_path / 'run', small_config('moco'), 100)
+
+
+def test_resnet50_file_into_a_resnet18_config_lists_the_keys(tmp_path):
+  torch.save(torchvision.models.resnet50().state_dict(), tmp_path / 'r50.pth')
+  with pytest.raises(ValueError, match=r'mis-shaped: .*layer1\.0\.conv1\.weight'):
+    import_weights(tmp_path / 'r50.pth', tmp_path / 'run', small_config(), 100)
+
+
+def test_command_lines_print_json_summaries(tmp_path):
+  original_checkpoint(tmp_path / 'orig.pth.tar', with_backbone_queue=False, epoch=2)
+  config_file = tmp_path / 'cfg.py'
+  config_file.write_text(
+      'from tests.test_converters import small_config\n'
+      "def get_config():\n  return small_config('moco')\n")
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
+  run = lambda *args: json.loads(subprocess.run(
+      [sys.executable, '-m', *args], cwd=REPO, env=env, check=True, capture_output=True,
+      text=True).stdout.strip().splitlines()[-1])
+  imported = run('converters.import_torch', str(tmp_path / 'orig.pth.tar'), '--out',
+                 str(tmp_path / 'run'), f'--config={config_file}', '--steps_per_epoch=10')
+  assert (imported['epoch'], imported['step']) == (2, 20)
+  exported = run('converters.export_torch', str(tmp_path / 'run'), '--out',
+                 str(tmp_path / 'out.pth'), '--format', 'moco')
+  assert exported['format'] == 'moco' and exported['epoch'] == 2
+  state = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
+  assert 'module.queue_backbone' not in state
+  assert np.array_equal(state['module.queue_ptr'].numpy(), [48])
