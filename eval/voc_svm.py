@@ -1,0 +1,203 @@
+"""VOC07 linear SVM classification on frozen ResNet-50 features.
+
+  python -m eval.voc_svm WEIGHTS --data VOCdevkit/VOC2007 [--protocol original|costsweep]
+  python -m eval.voc_svm WEIGHTS --data tfds:voc/2007
+
+Features (pooled 2048-d, L2-normalised) come from the torchvision ResNet-50 on the accelerator;
+one scikit-learn LinearSVC per class is trained on trainval and scored on test with the VOC AP.
+- original: the original project's protocol, C = 0.5, "difficult" (label 0) counts as negative.
+- costsweep: the common benchmark variant; per class the cost with the best 3-fold CV AP on
+  trainval is kept, and difficult test images are left out of that class's AP.
+"""
+import argparse
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import cross_val_score
+from sklearn.svm import LinearSVC
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from eval import common
+from eval.metrics import voc_ap
+from eval.seg_data import VOC_CLASSES, normalize
+
+CLASSES = VOC_CLASSES[1:]
+COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+ORIGINAL_COST = 0.5
+
+
+def read_voc07_split(root, split: str):
+  """Image paths and an (N, 20) int8 label matrix (1 present, 0 difficult only, -1 absent).
+
+  Reads ImageSets/Main/<class>_<split>.txt, whose lines are "id label".
+  """
+  root = Path(root)
+  if not root.is_dir():
+    raise FileNotFoundError(f'VOC2007 folder {root} not found (expected VOCdevkit/VOC2007 with '
+                            'JPEGImages/ and ImageSets/Main/)')
+  ids, columns = None, []
+  for name in CLASSES:
+    path = root / 'ImageSets' / 'Main' / f'{name}_{split}.txt'
+    if not path.is_file():
+      raise FileNotFoundError(f'VOC07 class list {path} not found')
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+      file_ids = [r[0] for r in rows]
+      labels = np.array([int(r[1]) for r in rows], np.int8)
+    except (IndexError, ValueError) as e:
+      raise ValueError(f'{path}: expected lines "<image id> <1|0|-1>" ({e})') from None
+    if not np.isin(labels, (-1, 0, 1)).all():
+      raise ValueError(f'{path}: labels must be 1, 0 or -1')
+    if ids is None:
+      ids = file_ids
+    elif file_ids != ids:
+      raise ValueError(f'{path}: image ids differ from {CLASSES[0]}_{split}.txt')
+    columns.append(labels)
+  images = [root / 'JPEGImages' / f'{i}.jpg' for i in ids]
+  missing = [p for p in images if not p.is_file()]
+  if missing:
+    raise FileNotFoundError(f'{len(missing)} VOC07 {split} images missing, first: {missing[0]}')
+  return images, np.stack(columns, 1)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+
+  def __init__(self, paths, transform):
+    self.paths, self.transform = paths, transform
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    with Image.open(self.paths[i]) as image:
+      return self.transform(image.convert('RGB'))
+
+
+class TFDSImages(torch.utils.data.IterableDataset):
+  """Images of a TFDS split, decoded by TF; labels were read in the same order beforehand."""
+
+  def __init__(self, ds, transform):
+    self.ds, self.transform = ds, transform
+
+  def __iter__(self):
+    for example in self.ds.as_numpy_iterator():
+      yield self.transform(Image.fromarray(example['image']))
+
+
+def tfds_voc07(name: str, split: str, data_dir=None):
+  """(TFDSImages source, labels) for voc/2007; trainval = TFDS train + validation."""
+  from input_pipeline.sources import import_tf
+  import_tf()  # Lazy: only this data source needs TensorFlow, and it gets no GPU.
+  import tensorflow_datasets as tfds
+  tfds_split = {'trainval': 'train+validation', 'test': 'test'}[split]
+  ds = tfds.load(name, split=tfds_split, data_dir=data_dir, shuffle_files=False,
+                 download=False)
+  labels = []
+  for example in ds.map(lambda e: {'labels': e['labels'],
+                                   'easy': e['labels_no_difficult']}).as_numpy_iterator():
+    row = np.full(len(CLASSES), -1, np.int8)
+    row[example['labels']] = 0
+    row[example['easy']] = 1
+    labels.append(row)
+  return ds.map(lambda e: {'image': e['image']}), np.stack(labels)
+
+
+def feature_transform(resize: int, crop: int):
+  return v2.Compose([v2.Resize(resize), v2.CenterCrop(crop), v2.ToImage(), normalize()])
+
+
+@torch.no_grad()
+def pooled_features(model, loader, device, total=None) -> np.ndarray:
+  """(N, 2048) float32 L2-normalised global-average-pooled features."""
+  out = []
+  for images in tqdm(loader, total=total, desc='features', unit='batch'):
+    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
+      features = model(images.to(device, non_blocking=True))
+    out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
+  return torch.cat(out).numpy()
+
+
+def svm(cost: float) -> LinearSVC:
+  return LinearSVC(C=cost, class_weight={1: 2, -1: 1}, loss='squared_hinge', penalty='l2',
+                   dual=True, tol=1e-4, max_iter=2000)
+
+
+def fit_class(name, train_x, train_labels, test_x, test_labels, protocol: str, costs=COSTS):
+  """AP on test (x100) and the cost used, for one class. Difficult train images are negatives."""
+  y = np.where(train_labels == 1, 1, -1)
+  positives = int((y == 1).sum())
+  if protocol == 'original':
+    cost = ORIGINAL_COST
+    if positives == 0:
+      raise ValueError(f'class {name}: no positive trainval image')
+  else:
+    if positives < 3:
+      raise ValueError(f'class {name}: {positives} positive trainval images, 3-fold CV needs 3')
+    cv_ap = [cross_val_score(svm(c), train_x, y, cv=3, scoring='average_precision').mean()
+             for c in costs]
+    cost = costs[int(np.argmax(cv_ap))]
+  scores = svm(cost).fit(train_x, y).decision_function(test_x)
+  keep = test_labels != 0 if protocol == 'costsweep' else np.ones(len(test_labels), bool)
+  if not (test_labels[keep] == 1).any():
+    raise ValueError(f'class {name}: no positive test image')
+  return 100 * voc_ap(scores[keep], test_labels[keep] == 1), cost
+
+
+def evaluate_svms(train_x, train_labels, test_x, test_labels, protocol='original', jobs=-1,
+                  costs=COSTS) -> dict:
+  """Per-class AP and mAP (x100). Classes run in parallel threads (liblinear drops the GIL)."""
+  results = joblib.Parallel(n_jobs=jobs, prefer='threads')(
+      joblib.delayed(fit_class)(name, train_x, train_labels[:, k], test_x, test_labels[:, k],
+                                protocol, costs)
+      for k, name in enumerate(CLASSES))
+  ap = {name: ap for name, (ap, _) in zip(CLASSES, results)}
+  out = {'mAP': float(np.mean(list(ap.values()))), 'ap': ap}
+  if protocol == 'costsweep':
+    out['cost'] = {name: cost for name, (_, cost) in zip(CLASSES, results)}
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  common.add_weights_args(parser)
+  parser.add_argument('--data', required=True,
+                      help='VOCdevkit/VOC2007 folder, or tfds:voc/2007 for the TFDS copy')
+  parser.add_argument('--tfds_data_dir', default=None)
+  parser.add_argument('--protocol', choices=('original', 'costsweep'), default='original')
+  parser.add_argument('--resize', type=int, default=256)
+  parser.add_argument('--crop', type=int, default=224)
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--workers', type=int, default=4)
+  parser.add_argument('--costs', type=lambda s: tuple(float(c) for c in s.split(',')),
+                      default=COSTS, help='costsweep: comma-separated SVM costs to try')
+  parser.add_argument('--jobs', type=int, default=-1, help='parallel SVMs (-1: all cores)')
+  args = parser.parse_args(argv)
+
+  device = common.pick_device()
+  model = common.build_resnet50(args.weights, device=device)
+  transform = feature_transform(args.resize, args.crop)
+  features, labels = {}, {}
+  for split in ('trainval', 'test'):
+    if args.data.startswith('tfds:'):
+      ds, labels[split] = tfds_voc07(args.data[len('tfds:'):], split, args.tfds_data_dir)
+      source, workers = TFDSImages(ds, transform), 0
+    else:
+      paths, labels[split] = read_voc07_split(args.data, split)
+      source, workers = ImageFiles(paths, transform), args.workers
+    loader = torch.utils.data.DataLoader(source, batch_size=args.batch_size, num_workers=workers,
+                                         pin_memory=device.type == 'cuda')
+    features[split] = pooled_features(model, loader, device,
+                                      total=-(-len(labels[split]) // args.batch_size))
+  results = evaluate_svms(features['trainval'], labels['trainval'], features['test'],
+                          labels['test'], args.protocol, args.jobs, args.costs)
+  common.report({'task': 'voc07_svm', 'protocol': args.protocol, 'weights': str(args.weights),
+                 'data': args.data, 'num_trainval': len(labels['trainval']),
+                 'num_test': len(labels['test']), **results}, args.out)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,177 @@
+"""FCN segmentation: label maps, data layouts and errors, the model, the CLI with resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from eval import segmentation, seg_data
+from eval.metrics import iou_per_class
+from fixtures_eval import resnet50_pth, single_thread, write_cityscapes, write_voc12  # noqa: F401
+
+single_thread()
+
+# SPEC.md section 5: trainIds 0-18 are these labelIds, everything else is 255.
+SPEC_TRAIN_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+TINY = ['--epochs', '1', '--batch_size', '2', '--size', '32', '--workers', '0']
+
+
+def test_cityscapes_train_ids_match_spec():
+  label_ids = np.arange(256, dtype=np.uint8)
+  expected = np.full(256, 255)
+  expected[SPEC_TRAIN_LABEL_IDS] = np.arange(19)
+  np.testing.assert_array_equal(seg_data.cityscapes_train_ids(label_ids), expected)
+  assert len(seg_data.CITYSCAPES_CLASSES) == 19
+
+
+def test_voc_augmentation_keeps_mask_values_and_pads_with_ignore():
+  torch.manual_seed(0)
+  image = tv_tensors.Image(torch.full((3, 50, 70), 200, dtype=torch.uint8))
+  mask = tv_tensors.Mask(torch.randint(0, 3, (50, 70)) * 7)  # Values 0, 7, 14 only.
+  seen = set()
+  for _ in range(10):
+    out_image, out_mask = seg_data.voc_train_transform(64)(image, mask)
+    assert out_image.shape == (3, 64, 64) and out_image.dtype == torch.float32
+    assert out_mask.shape == (64, 64)
+    seen |= set(out_mask.unique().tolist())
+  # Nearest interpolation: no blended values; zoom-out / rotation pads with 255.
+  assert seen <= {0, 7, 14, 255} and 255 in seen
+
+
+def test_cityscapes_crop_pads_small_images_with_ignore():
+  torch.manual_seed(0)
+  image = tv_tensors.Image(torch.zeros((3, 20, 30), dtype=torch.uint8))
+  mask = tv_tensors.Mask(torch.ones((20, 30), dtype=torch.int64))
+  out_image, out_mask = seg_data.cityscapes_train_transform(96)(image, mask)
+  assert out_image.shape == (3, 96, 96) and out_mask.shape == (96, 96)
+  assert set(out_mask.unique().tolist()) == {1, 255}
+
+
+def test_fcn_has_output_stride_16_and_the_protocol_head(resnet50_pth):  # noqa: F811
+  model = segmentation.build_fcn(resnet50_pth, 21, 6, torch.device('cpu')).eval()
+  layer4 = model.backbone[-1]
+  assert all(m.stride == (1, 1) for m in layer4.modules() if isinstance(m, torch.nn.Conv2d))
+  assert layer4[0].conv2.dilation == (1, 1) and layer4[1].conv2.dilation == (2, 2)
+  head_convs = [m for m in model.head if isinstance(m, torch.nn.Conv2d)]
+  assert [(c.out_channels, c.kernel_size, c.dilation, c.bias is None) for c in head_convs] == [
+      (256, (3, 3), (6, 6), True), (256, (3, 3), (6, 6), True), (21, (1, 1), (1, 1), False)]
+  x = torch.randn(1, 3, 96, 64)
+  with torch.no_grad():
+    assert model.backbone(x).shape == (1, 2048, 6, 4)
+    assert model(x).shape == (1, 21, 96, 64) and model(x).dtype == torch.float32
+
+
+def test_voc_layout_errors_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match='missing_root'):
+    seg_data.VOCSegmentation(tmp_path / 'missing_root', 'val')
+  root = write_voc12(tmp_path, n_train=2, n_val=1, n_aug=2)
+  (root / 'ImageSets' / 'Segmentation' / 'train_aug.txt').unlink()
+  with pytest.raises(FileNotFoundError, match='train_aug.txt'):
+    seg_data.VOCSegmentation(root, 'train_aug')
+  (root / 'SegmentationClass' / '2008_000000.png').unlink()
+  with pytest.raises(FileNotFoundError, match='2008_000000.png'):
+    seg_data.VOCSegmentation(root, 'val')
+  Image.new('RGB', (128, 128)).save(root / 'SegmentationClass' / '2008_000000.png')
+  with pytest.raises(ValueError, match="2008_000000.png: mask mode 'RGB'"):
+    seg_data.VOCSegmentation(root, 'val')[0]
+
+
+def test_cityscapes_layout_errors_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match='leftImg8bit'):
+    seg_data.Cityscapes(tmp_path, 'train')
+  root = write_cityscapes(tmp_path, per_split=(2, 1))
+  mask = next((root / 'gtFine' / 'val').rglob('*_gtFine_labelIds.png'))
+  mask.unlink()
+  with pytest.raises(FileNotFoundError, match=mask.name):
+    seg_data.Cityscapes(root, 'val')
+
+
+def test_cityscapes_dataset_maps_label_ids(tmp_path):
+  root = write_cityscapes(tmp_path, per_split=(1, 1))
+  raw = np.array(Image.open(next((root / 'gtFine' / 'train').rglob('*.png'))))
+  _, mask = seg_data.Cityscapes(root, 'train')[0]
+  lut = dict(zip(SPEC_TRAIN_LABEL_IDS, range(19)))
+  np.testing.assert_array_equal(mask.numpy(), np.vectorize(lambda v: lut.get(v, 255))(raw))
+
+
+def checkpoint_weights(path):
+  return torch.load(path, weights_only=True)['model']
+
+
+def test_voc_end_to_end_and_resume(tmp_path, resnet50_pth, monkeypatch):  # noqa: F811
+  data = write_voc12(tmp_path, n_train=2, n_val=2, n_aug=4)
+  common = [str(resnet50_pth), '--dataset', 'voc', '--data', str(data), *TINY, '--epochs', '2']
+  # Reference: two uninterrupted epochs.
+  segmentation.main(common + ['--workdir', str(tmp_path / 'a'), '--out', str(tmp_path / 'a.json')])
+  # The same, interrupted right after the first epoch's checkpoint, then started again.
+  real_replace, calls = os.replace, []
+
+  def replace_then_crash(src, dst):
+    real_replace(src, dst)
+    calls.append(dst)
+    if len(calls) == 1:
+      raise KeyboardInterrupt('simulated interruption')
+
+  monkeypatch.setattr(segmentation.os, 'replace', replace_then_crash)
+  with pytest.raises(KeyboardInterrupt):
+    segmentation.main(common + ['--workdir', str(tmp_path / 'b')])
+  monkeypatch.undo()
+  loaded = []
+  real_transform = seg_data.voc_train_transform
+
+  def counting_transform(size):
+    transform = real_transform(size)
+    return lambda image, mask: (loaded.append(1), transform(image, mask))[1]
+
+  monkeypatch.setattr(seg_data, 'voc_train_transform', counting_transform)
+  segmentation.main(common + ['--workdir', str(tmp_path / 'b'), '--out', str(tmp_path / 'b.json')])
+  assert len(loaded) == 4  # Only the second epoch (4 train_aug images) was trained again.
+  a, b = (checkpoint_weights(tmp_path / w / 'run0' / 'checkpoint.pt') for w in 'ab')
+  for key in a:
+    torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+  result = json.loads((tmp_path / 'b.json').read_text())
+  assert result == json.loads((tmp_path / 'a.json').read_text())
+  assert list(result['iou']) == list(seg_data.VOC_CLASSES)
+  assert 0 <= result['miou'] <= 100 and result['miou_std'] == 0
+
+
+def test_cityscapes_end_to_end_two_runs(tmp_path, resnet50_pth, capsys):  # noqa: F811
+  data = write_cityscapes(tmp_path / 'cityscapes', per_split=(2, 1))
+  out = tmp_path / 'city.json'
+  segmentation.main([str(resnet50_pth), '--dataset', 'cityscapes', '--data', str(data), *TINY,
+                     '--runs', '2', '--workdir', str(tmp_path / 'w'), '--out', str(out)])
+  result = json.loads(out.read_text())
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+  runs = [json.loads((tmp_path / 'w' / f'run{r}' / 'result.json').read_text()) for r in (0, 1)]
+  assert [r['seed'] for r in runs] == [0, 1]
+  assert result['miou_runs'] == [r['miou'] for r in runs]
+  assert result['miou'] == pytest.approx(np.mean(result['miou_runs']))
+  assert result['miou_std'] == pytest.approx(np.std(result['miou_runs']))
+  assert list(result['iou']) == list(seg_data.CITYSCAPES_CLASSES)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, resnet50_pth):  # noqa: F811
+  data = write_cityscapes(tmp_path / 'cityscapes', per_split=(4, 3))
+  workdir, out = tmp_path / 'w', tmp_path / 'ddp.json'
+  subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                  '-m', 'eval.segmentation', str(resnet50_pth), '--dataset', 'cityscapes',
+                  '--data', str(data), *TINY, '--batch_size', '4', '--workdir', str(workdir),
+                  '--out', str(out)],
+                 check=True, timeout=300, cwd=Path(__file__).parents[1],
+                 env={**os.environ, 'OMP_NUM_THREADS': '1'})
+  # Rank 0's checkpoint, evaluated in this process on the whole val set, gives the same mIoU:
+  # the val shards are disjoint and complete, and every rank scored rank 0's weights.
+  model = segmentation.build_fcn(resnet50_pth, 19, 1, torch.device('cpu'))
+  model.load_state_dict(checkpoint_weights(workdir / 'run0' / 'checkpoint.pt'))
+  val = seg_data.Cityscapes(data, 'val', seg_data.full_resolution())
+  confusion = segmentation.evaluate(model, val, 19, torch.device('cpu'))
+  assert confusion.sum() > 0
+  assert json.loads(out.read_text())['miou'] == pytest.approx(
+      np.nanmean(iou_per_class(confusion)) * 100, abs=1e-9)

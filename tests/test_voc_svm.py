@@ -1,0 +1,106 @@
+"""VOC07 SVM: the label reader, the two protocols on planted features, the CLI end to end."""
+import json
+
+import numpy as np
+import pytest
+
+from eval import voc_svm
+from fixtures_eval import resnet50_pth, single_thread, write_voc07  # noqa: F401  (pytest fixture)
+
+single_thread()
+
+
+def planted(n, labels, rng, strength=3.0):
+  """L2-normalised features where dimension k carries class k: linearly separable per class."""
+  x = rng.normal(scale=0.1, size=(n, 64))
+  x[:, :20] += strength * (labels == 1)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def random_labels(n, rng):
+  y = np.where(rng.random((n, 20)) < 0.3, 1, -1)
+  y[np.arange(n), np.arange(n) % 20] = 1  # At least n // 20 positives per class.
+  return y
+
+
+@pytest.mark.parametrize('protocol', ['original', 'costsweep'])
+def test_separable_classes_give_ap_near_100(protocol):
+  rng = np.random.default_rng(0)
+  train_y, test_y = random_labels(90, rng), random_labels(60, rng)
+  result = voc_svm.evaluate_svms(planted(90, train_y, rng), train_y, planted(60, test_y, rng),
+                                 test_y, protocol, jobs=2)
+  assert set(result['ap']) == set(voc_svm.CLASSES)
+  assert min(result['ap'].values()) > 99.0
+  assert result['mAP'] == pytest.approx(np.mean(list(result['ap'].values())))
+  if protocol == 'costsweep':
+    assert set(result['cost'].values()) <= set(voc_svm.COSTS)
+
+
+def test_difficult_test_images_count_as_negative_only_in_the_original_protocol():
+  rng = np.random.default_rng(1)
+  train_y, test_y = random_labels(90, rng), random_labels(60, rng)
+  test_x = planted(60, test_y, rng)
+  # Two test images are "difficult" for class 0 (absent from the others) and look like the
+  # purest class-0 image possible, so they outrank every real positive.
+  difficult = np.flatnonzero(test_y[:, 0] == -1)[:2]
+  test_x[difficult] = np.eye(64)[0]
+  test_y[difficult] = -1
+  test_y[difficult, 0] = 0
+  train_x = planted(90, train_y, rng)
+  original = voc_svm.evaluate_svms(train_x, train_y, test_x, test_y, 'original', jobs=1)
+  sweep = voc_svm.evaluate_svms(train_x, train_y, test_x, test_y, 'costsweep', jobs=1)
+  assert original['ap']['aeroplane'] < 95.0
+  assert sweep['ap']['aeroplane'] > 99.0
+
+
+def test_reader_returns_the_written_labels(tmp_path):
+  root, labels = write_voc07(tmp_path)
+  for split in ('trainval', 'test'):
+    paths, y = voc_svm.read_voc07_split(root, split)
+    np.testing.assert_array_equal(y, labels[split])
+    assert all(p.is_file() and p.suffix == '.jpg' for p in paths)
+
+
+def test_reader_errors_name_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    voc_svm.read_voc07_split(tmp_path / 'nowhere', 'trainval')
+  root, _ = write_voc07(tmp_path)
+  (root / 'ImageSets' / 'Main' / 'cow_test.txt').unlink()
+  with pytest.raises(FileNotFoundError, match='cow_test.txt'):
+    voc_svm.read_voc07_split(root, 'test')
+  (root / 'ImageSets' / 'Main' / 'dog_trainval.txt').write_text('000000 yes\n')
+  with pytest.raises(ValueError, match='dog_trainval.txt'):
+    voc_svm.read_voc07_split(root, 'trainval')
+
+
+@pytest.mark.parametrize('protocol', ['original', 'costsweep'])
+def test_cli_end_to_end(tmp_path, resnet50_pth, capsys, protocol):  # noqa: F811
+  root, labels = write_voc07(tmp_path)
+  out = tmp_path / 'res' / 'voc.json'
+  voc_svm.main([str(resnet50_pth), '--data', str(root), '--protocol', protocol, '--resize', '64',
+                '--crop', '64', '--batch_size', '4', '--workers', '0', '--jobs', '2',
+                '--costs', '0.01,1', '--out', str(out)])
+  result = json.loads(out.read_text())
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+  assert result['num_trainval'] == len(labels['trainval'])
+  assert result['num_test'] == len(labels['test'])
+  assert list(result['ap']) == list(voc_svm.CLASSES)
+  assert all(0 < ap <= 100 for ap in result['ap'].values())
+  assert result['mAP'] == pytest.approx(np.mean(list(result['ap'].values())))
+  if protocol == 'costsweep':
+    assert set(result['cost'].values()) <= {0.01, 1.0}
+
+
+def test_tfds_source_labels_and_images():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=5):  # Random examples, nothing is downloaded.
+    ds, labels = voc_svm.tfds_voc07('voc/2007', 'test')
+    raw = list(tfds.load('voc/2007', split='test').as_numpy_iterator())
+    images = list(voc_svm.TFDSImages(ds, voc_svm.feature_transform(40, 32)))
+  assert labels.shape == (len(raw), 20) and len(images) == len(raw)
+  for row, example in zip(labels, raw):
+    for k in range(20):  # 1: a non-difficult object; 0: only difficult ones; -1: none.
+      expected = (1 if k in example['labels_no_difficult'] else
+                  0 if k in example['labels'] else -1)
+      assert row[k] == expected
+  assert all(image.shape == (3, 32, 32) for image in images)
