@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+from tqdm import tqdm
 
 from converters.mapping import StateDictMismatch
 from converters.torch_files import read_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resnet50_state_dict(path) -> dict[str, torch.Tensor]:
@@ -70,3 +76,48 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('weights', help='training workdir, or a torchvision / moco .pth, '
                                       'or a .safetensors file')
   parser.add_argument('--out', default=None, help='write the JSON results to this file')
+
+
+class ImageFiles(torch.utils.data.Dataset):
+  """Image files, decoded by PIL as RGB and transformed."""
+
+  def __init__(self, paths, transform):
+    self.paths, self.transform = paths, transform
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    with Image.open(self.paths[i]) as image:
+      return self.transform(image.convert('RGB'))
+
+
+class TFDSImages(torch.utils.data.IterableDataset):
+  """Images of a TFDS split, decoded by TF; labels were read in the same order beforehand."""
+
+  def __init__(self, ds, transform):
+    self.ds, self.transform = ds, transform
+
+  def __iter__(self):
+    for example in self.ds.as_numpy_iterator():
+      yield self.transform(Image.fromarray(example['image']))
+
+
+def normalize():
+  """uint8 image tensor -> float, ImageNet mean / std."""
+  return v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def feature_transform(resize: int, crop: int):
+  return v2.Compose([v2.Resize(resize), v2.CenterCrop(crop), v2.ToImage(), normalize()])
+
+
+@torch.no_grad()
+def pooled_features(model, loader, device, total=None) -> np.ndarray:
+  """(N, 2048) float32 L2-normalised global-average-pooled features."""
+  out = []
+  for images in tqdm(loader, total=total, desc='features', unit='batch'):
+    features = model(images.to(device, non_blocking=True))
+    out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
+  return torch.cat(out).numpy()

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval import common, davis_metrics
-from eval.seg_data import IMAGENET_MEAN, IMAGENET_STD, read_index_png, require_dir, require_files
+from eval.common import IMAGENET_MEAN, IMAGENET_STD
+from eval.seg_data import read_index_png, require_dir, require_files
 
 
 # ---------------------------------------------------------------- dataset layout

@@ -18,7 +18,7 @@ import torchvision
 
 from eval import common
 from eval.seg_data import require_dir
-from eval.voc_svm import ImageFiles, TFDSImages, feature_transform, pooled_features
+from input_pipeline import tfds_eval
 from revisit_jax.knn import knn_predict
 
 
@@ -34,32 +34,6 @@ def folder_split(root, split):
   return list(paths), np.array(labels), dataset.classes
 
 
-def tfds_split(name, split, data_dir=None):
-  """(tf.data dataset of {'image'}, labels, class names) of a prepared TFDS split."""
-  import tensorflow as tf  # Lazy: only this data source needs TensorFlow.
-  import tensorflow_datasets as tfds
-  tf.config.set_visible_devices([], 'GPU')
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-  except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError) as e:
-    where = data_dir or 'the default data dir'
-    raise FileNotFoundError(f'TFDS dataset {name!r} split {split!r} not found in {where} '
-                            f'(it must be prepared beforehand): {e}') from None
-  if builder.info.supervised_keys is None:
-    raise ValueError(f'TFDS dataset {name!r} has no (image, label) supervised keys')
-  image_key, label_key = builder.info.supervised_keys[:2]
-  labels_only = builder.as_dataset(split=split, shuffle_files=False,
-                                   decoders={image_key: tfds.decode.SkipDecoding()})
-  labels = np.array(list(labels_only.map(lambda e: e[label_key]).as_numpy_iterator()))
-
-  def rgb(example):
-    image = example[image_key]
-    return {'image': tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image}
-
-  return ds.map(rgb), labels, builder.info.features[label_key].names
-
-
 def default_test_split(data):
   """'test'; for a folder without test/, 'val'."""
   folder = Path(data)
@@ -70,16 +44,17 @@ def default_test_split(data):
 
 def split_features(args, split, model, device):
   """(L2-normalised features [N, 2048], labels [N], class names) of one split."""
-  transform = feature_transform(round(args.size * 256 / 224), args.size)
+  transform = common.feature_transform(round(args.size * 256 / 224), args.size)
   if args.data.startswith('tfds:'):
-    ds, labels, classes = tfds_split(args.data[len('tfds:'):], split, args.tfds_data_dir)
-    source, workers = TFDSImages(ds, transform), 0
+    ds, labels, classes = tfds_eval.classification_split(args.data[len('tfds:'):], split,
+                                                         args.tfds_data_dir)
+    source, workers = common.TFDSImages(ds, transform), 0
   else:
     paths, labels, classes = folder_split(args.data, split)
-    source, workers = ImageFiles(paths, transform), args.workers
+    source, workers = common.ImageFiles(paths, transform), args.workers
   loader = torch.utils.data.DataLoader(source, batch_size=args.batch_size, num_workers=workers,
                                        pin_memory=device.type == 'cuda')
-  features = pooled_features(model, loader, device, total=-(-len(labels) // args.batch_size))
+  features = common.pooled_features(model, loader, device, total=-(-len(labels) // args.batch_size))
   return features, labels, classes
 
 

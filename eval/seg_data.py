@@ -13,8 +13,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from eval.common import normalize
+
 IGNORE = 255
 
 VOC_CLASSES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
@@ -128,11 +128,6 @@ class Cityscapes(SegmentationSet):
 
   def load_mask(self, index) -> np.ndarray:
     return cityscapes_train_ids(read_index_png(self.masks[index]))
-
-
-def normalize():
-  return v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}

@@ -15,15 +15,13 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
-from torchvision.transforms import v2
-from tqdm import tqdm
 
 from eval import common
 from eval.metrics import voc_ap
-from eval.seg_data import VOC_CLASSES, normalize
+from eval.seg_data import VOC_CLASSES
+from input_pipeline import tfds_eval
 
 CLASSES = VOC_CLASSES[1:]
 COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -62,63 +60,6 @@ def read_voc07_split(root, split: str):
   if missing:
     raise FileNotFoundError(f'{len(missing)} VOC07 {split} images missing, first: {missing[0]}')
   return images, np.stack(columns, 1)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-
-  def __init__(self, paths, transform):
-    self.paths, self.transform = paths, transform
-
-  def __len__(self):
-    return len(self.paths)
-
-  def __getitem__(self, i):
-    with Image.open(self.paths[i]) as image:
-      return self.transform(image.convert('RGB'))
-
-
-class TFDSImages(torch.utils.data.IterableDataset):
-  """Images of a TFDS split, decoded by TF; labels were read in the same order beforehand."""
-
-  def __init__(self, ds, transform):
-    self.ds, self.transform = ds, transform
-
-  def __iter__(self):
-    for example in self.ds.as_numpy_iterator():
-      yield self.transform(Image.fromarray(example['image']))
-
-
-def tfds_voc07(name: str, split: str, data_dir=None):
-  """(TFDSImages source, labels) for voc/2007; trainval = TFDS train + validation."""
-  from input_pipeline.sources import import_tf
-  import_tf()  # Lazy: only this data source needs TensorFlow, and it gets no GPU.
-  import tensorflow_datasets as tfds
-  tfds_split = {'trainval': 'train+validation', 'test': 'test'}[split]
-  ds = tfds.load(name, split=tfds_split, data_dir=data_dir, shuffle_files=False,
-                 download=False)
-  labels = []
-  for example in ds.map(lambda e: {'labels': e['labels'],
-                                   'easy': e['labels_no_difficult']}).as_numpy_iterator():
-    row = np.full(len(CLASSES), -1, np.int8)
-    row[example['labels']] = 0
-    row[example['easy']] = 1
-    labels.append(row)
-  return ds.map(lambda e: {'image': e['image']}), np.stack(labels)
-
-
-def feature_transform(resize: int, crop: int):
-  return v2.Compose([v2.Resize(resize), v2.CenterCrop(crop), v2.ToImage(), normalize()])
-
-
-@torch.no_grad()
-def pooled_features(model, loader, device, total=None) -> np.ndarray:
-  """(N, 2048) float32 L2-normalised global-average-pooled features."""
-  out = []
-  for images in tqdm(loader, total=total, desc='features', unit='batch'):
-    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
-      features = model(images.to(device, non_blocking=True))
-    out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
-  return torch.cat(out).numpy()
 
 
 def svm(cost: float) -> LinearSVC:
@@ -179,18 +120,19 @@ def main(argv=None):
 
   device = common.pick_device()
   model = common.build_resnet50(args.weights, device=device)
-  transform = feature_transform(args.resize, args.crop)
+  transform = common.feature_transform(args.resize, args.crop)
   features, labels = {}, {}
   for split in ('trainval', 'test'):
     if args.data.startswith('tfds:'):
-      ds, labels[split] = tfds_voc07(args.data[len('tfds:'):], split, args.tfds_data_dir)
-      source, workers = TFDSImages(ds, transform), 0
+      ds, labels[split] = tfds_eval.voc07_split(args.data[len('tfds:'):], split, len(CLASSES),
+                                                args.tfds_data_dir)
+      source, workers = common.TFDSImages(ds, transform), 0
     else:
       paths, labels[split] = read_voc07_split(args.data, split)
-      source, workers = ImageFiles(paths, transform), args.workers
+      source, workers = common.ImageFiles(paths, transform), args.workers
     loader = torch.utils.data.DataLoader(source, batch_size=args.batch_size, num_workers=workers,
                                          pin_memory=device.type == 'cuda')
-    features[split] = pooled_features(model, loader, device,
+    features[split] = common.pooled_features(model, loader, device,
                                       total=-(-len(labels[split]) // args.batch_size))
   results = evaluate_svms(features['trainval'], labels['trainval'], features['test'],
                           labels['test'], args.protocol, args.jobs, args.costs)

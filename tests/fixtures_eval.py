@@ -11,7 +11,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from eval.seg_data import CITYSCAPES_LABEL_IDS, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
+from eval.common import IMAGENET_MEAN, IMAGENET_STD
+from eval.seg_data import CITYSCAPES_LABEL_IDS, VOC_CLASSES
 
 VOC07_CLASSES = VOC_CLASSES[1:]
 CELL = 32

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from eval import voc_svm
+from eval import common, voc_svm
+from input_pipeline import tfds_eval
 from fixtures_eval import resnet50_pth, single_thread, write_voc07  # noqa: F401  (pytest fixture)
 
 single_thread()
@@ -94,9 +95,9 @@ def test_cli_end_to_end(tmp_path, resnet50_pth, capsys, protocol):  # noqa: F811
 def test_tfds_source_labels_and_images():
   tfds = pytest.importorskip('tensorflow_datasets')
   with tfds.testing.mock_data(num_examples=5):  # Random examples, nothing is downloaded.
-    ds, labels = voc_svm.tfds_voc07('voc/2007', 'test')
+    ds, labels = tfds_eval.voc07_split('voc/2007', 'test', len(voc_svm.CLASSES))
     raw = list(tfds.load('voc/2007', split='test').as_numpy_iterator())
-    images = list(voc_svm.TFDSImages(ds, voc_svm.feature_transform(40, 32)))
+    images = list(common.TFDSImages(ds, common.feature_transform(40, 32)))
   assert labels.shape == (len(raw), 20) and len(images) == len(raw)
   for row, example in zip(labels, raw):
     for k in range(20):  # 1: a non-difficult object; 0: only difficult ones; -1: none.
