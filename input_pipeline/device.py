@@ -1,0 +1,48 @@
+"""Per-process numpy batches -> global jax arrays sharded along the batch (no TensorFlow here)."""
+
+import collections
+import itertools
+from collections.abc import Iterable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes) with the axis 'data'."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def to_global(batch: dict, mesh: Mesh) -> dict:
+  """Each process's rows become its part of one global array per key, split along 'data'.
+
+  The per-process batch must divide evenly over this process's devices.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  local = len(mesh.local_devices)
+  out = {}
+  for key, value in batch.items():
+    if value.shape[0] % local:
+      raise ValueError(
+        f'batch key {key!r}: {value.shape[0]} rows do not split over {local} local devices'
+      )
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+  """Place batches on the devices ``size`` ahead, so copies overlap the steps using earlier ones."""
+  queue = collections.deque()
+  batches = iter(batches)
+
+  def enqueue(n):
+    for batch in itertools.islice(batches, n):
+      queue.append(to_global(batch, mesh))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -1,0 +1,366 @@
+"""The tf.data input: sources, bad files, determinism, resume, evaluation images, devices."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+
+# torchvision must be imported before TensorFlow: the other order segfaults (triton import).
+import torchvision.transforms as T
+from PIL import Image
+
+from input_pipeline import eval_data, pipeline, sources
+from input_pipeline.demo_data import load_demo
+
+TINY = (('large', 2, 16, (0.2, 1.0)), ('small', 2, 8, (0.05, 0.14)))
+
+
+def _rgb(rng, h=40, w=50):
+  return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _solid_source(n=40, size=24):
+  """Image k is one solid colour, unique per k, so every crop tells which image it came from."""
+  colours = np.stack([np.arange(n) * 5, 255 - np.arange(n) * 3, np.full(n, 7)], -1).astype(np.uint8)
+  images = np.broadcast_to(colours[:, None, None, :], (n, size, size, 3)).copy()
+  return sources.array_source('solid', images), colours
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _iterator(source, **kw):
+  args = dict(layout=TINY, constrained=True, batch_size=8, seed=3, process_index=0, process_count=1)
+  return pipeline.TrainIterator(source, **{**args, **kw})
+
+
+def test_batches_hold_crops_of_their_image_ids():
+  source, colours = _solid_source()
+  batch = next(_iterator(source))
+  assert batch['large'].shape == (8, 2, 16, 16, 3) and batch['large'].dtype == np.uint8
+  assert batch['small'].shape == (8, 2, 8, 8, 3) and batch['image_id'].dtype == np.int64
+  for key in ('large', 'small'):
+    np.testing.assert_array_equal(
+      batch[key], np.broadcast_to(colours[batch['image_id']][:, None, None, None], batch[key].shape)
+    )
+
+
+def test_same_seed_same_batches_whatever_the_parallelism():
+  source, _ = _solid_source()
+  noise = sources.array_source(
+    'noise', np.random.default_rng(0).integers(0, 256, (40, 24, 24, 3), np.uint8)
+  )
+  for src in (source, noise):
+    a = _take(_iterator(src, workers=1), 3)
+    b = _take(_iterator(src), 3)
+    for x, y in zip(a, b, strict=True):
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+  c = next(_iterator(noise, seed=4))
+  assert not np.array_equal(c['large'], a[0]['large'])
+
+
+def test_epochs_reshuffle_and_cover_the_data():
+  source, _ = _solid_source()
+  it = _iterator(source)
+  ids = [next(it)['image_id'] for _ in range(10)]  # 5 batches of 8 per epoch
+  first, second = np.concatenate(ids[:5]), np.concatenate(ids[5:])
+  assert sorted(first) == sorted(second) == list(range(40))
+  assert not np.array_equal(first, second)
+  assert it.position == (2, 0)
+
+
+def test_process_shares_are_disjoint_and_global_batches_do_not_depend_on_process_count():
+  shares = [pipeline.epoch_order(103, 5, 2, p, 4, batch_size=3) for p in range(4)]
+  assert all(len(s) == 24 for s in shares)  # 8 global batches of 12
+  assert len(set(np.concatenate(shares))) == 96
+  one = pipeline.epoch_order(103, 5, 2, 0, 1, batch_size=12)
+  for count in (2, 4):
+    parts = [
+      pipeline.epoch_order(103, 5, 2, p, count, batch_size=12 // count).reshape(8, -1)
+      for p in range(count)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1).reshape(-1), one)
+  assert not np.array_equal(pipeline.epoch_order(103, 5, 2), pipeline.epoch_order(103, 5, 3))
+
+
+def test_resume_gives_the_later_batches_of_a_full_run():
+  source = sources.array_source(
+    'noise', np.random.default_rng(1).integers(0, 256, (40, 24, 24, 3), np.uint8)
+  )
+  full = _take(_iterator(source), 9)
+  resumed = _iterator(source, start=(1, 2))
+  for want in full[7:]:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  assert resumed.position == (1, 4)
+  with pytest.raises(ValueError, match='start batch 5'):
+    _iterator(source, start=(0, 5))
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+  """Good images of every awkward kind, and four unreadable files."""
+  rng = np.random.default_rng(0)
+  d = tmp_path / 'messy'
+  (d / 'sub').mkdir(parents=True)
+  good = {}
+  good['good.jpg'] = _rgb(rng)
+  Image.fromarray(good['good.jpg']).save(d / 'good.jpg', quality=95)
+  good['sub/grey.png'] = _rgb(rng)[..., 0]
+  Image.fromarray(good['sub/grey.png']).save(d / 'sub/grey.png')
+  rgba = np.concatenate([_rgb(rng), _rgb(rng)[..., :1]], -1)
+  good['rgba.PNG'] = rgba
+  Image.fromarray(rgba).save(d / 'rgba.PNG')
+  good['g16.png'] = (
+    rng.integers(0, 256, (30, 20)).astype(np.uint16) * 257
+  )  # k * 257 has high byte k
+  Image.fromarray(good['g16.png']).save(d / 'g16.png')
+  good['cmyk.jpg'] = _rgb(rng)
+  Image.fromarray(good['cmyk.jpg']).convert('CMYK').save(d / 'cmyk.jpg', quality=95)
+  good['tiny.png'] = _rgb(rng, 10, 10)
+  Image.fromarray(good['tiny.png']).save(d / 'tiny.png')
+  buf = io.BytesIO()
+  Image.fromarray(_rgb(rng)).save(buf, format='JPEG')
+  (d / 'truncated.jpg').write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+  (d / 'corrupt.jpg').write_bytes(
+    b'\xff\xd8\xff\xe0' + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+  )
+  (d / 'text.jpg').write_text('not an image')
+  (d / 'sub' / 'empty.png').write_bytes(b'')
+  (d / 'notes.txt').write_text('ignored: not an image suffix')
+  bad = {'truncated.jpg', 'corrupt.jpg', 'text.jpg', 'sub/empty.png'}
+  return d, good, bad
+
+
+def _expected_rgb(name, pixels):
+  if pixels.ndim == 2:  # grey, 16-bit grey: replicated; 16-bit keeps its high byte
+    return np.repeat(
+      (pixels >> 8 if pixels.dtype == np.uint16 else pixels)[..., None], 3, -1
+    ).astype(np.uint8)
+  return pixels[..., :3]
+
+
+def test_awkward_images_decode_to_rgb_uint8(messy_folder):
+  d, good, _ = messy_folder
+  for name, pixels in good.items():
+    image = sources.FolderSource.decode(str(d / name)).numpy()
+    assert image.dtype == np.uint8 and image.shape == pixels.shape[:2] + (3,), name
+    want = _expected_rgb(name, pixels)
+    if name.endswith('.jpg'):  # lossy: compare with PIL's own decode of the same file
+      ref = np.asarray(Image.open(d / name).convert('RGB')).astype(int)
+      assert np.abs(image.astype(int) - ref).mean() < 3, name
+    else:
+      np.testing.assert_array_equal(image, want, err_msg=name)
+
+
+def test_bad_files_are_skipped_counted_and_named(messy_folder, caplog):
+  d, good, bad = messy_folder
+  source = sources.folder_source(str(d))
+  assert len(source) == len(good) + len(bad)  # notes.txt is not listed
+  it = _iterator(source, batch_size=1)
+  with caplog.at_level(logging.WARNING, logger='input_pipeline.pipeline'):
+    batches = _take(it, it.steps)  # a whole epoch: every file is met at least once
+  names = {str(p) for p in source.paths}
+  good_ids = {i for i, p in enumerate(source.paths) if p[len(str(d)) + 1 :] in good}
+  assert {int(b['image_id'][0]) for b in batches[: len(good)]} == good_ids
+  assert all(
+    b['large'].shape == (1, 2, 16, 16, 3) and b['large'].dtype == np.uint8 for b in batches
+  )
+  assert set(it.skipped) == {str(d / b) for b in bad} and set(it.skipped) <= names
+  for b in bad:
+    assert str(d / b) in caplog.text
+
+
+def _tiny_tfds_builder(data_dir):
+  """A real prepared TFDS dataset (24 solid-colour PNGs, 3 classes) made locally, no download."""
+  import tensorflow_datasets as tfds
+
+  class TinySolidImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+            'label': tfds.features.ClassLabel(num_classes=3),
+          }
+        ),
+      )
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for k in range(24):
+        yield k, {'image': np.full((20, 30, 3), k * 10, np.uint8), 'label': k % 3}
+
+  TinySolidImages(data_dir=data_dir).download_and_prepare()
+
+
+def test_tfds_source_train_resume_and_eval(tmp_path):
+  _tiny_tfds_builder(str(tmp_path))
+  source = sources.open_source('tfds:tiny_solid_images', data_dir=str(tmp_path), with_labels=True)
+  assert len(source) == 24 and source.label_key == 'label'
+  with pytest.raises(ValueError, match="no split 'train\\[:5\\]'"):
+    sources.tfds_source('tiny_solid_images', 'train[:5]', data_dir=str(tmp_path))
+  evals = list(eval_data.eval_batches(source, batch_size=5, resize=20, crop=16))
+  ids = np.concatenate([b['image_id'] for b in evals])
+  np.testing.assert_array_equal(ids, np.arange(24))  # stored order, every image once
+  colour = np.concatenate([b['image'][:, 0, 0, 0] for b in evals]).astype(int)
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in evals]), colour // 10 % 3)
+  layout = (('large', 2, 16, (0.2, 1.0)),)
+  it = pipeline.TrainIterator(
+    source, layout=layout, constrained=False, batch_size=4, seed=0, process_index=0, process_count=1
+  )
+  full = _take(it, 8)  # two epochs of 6 batches
+  for b in full:  # crops come from the image their id names
+    np.testing.assert_array_equal(
+      b['large'][:, :, 3, 3, 0], np.repeat(colour[b['image_id']][:, None], 2, 1)
+    )
+  assert sorted(np.concatenate([b['image_id'] for b in full[:6]])) == list(range(24))
+  resumed = pipeline.TrainIterator(
+    source,
+    layout=layout,
+    constrained=False,
+    batch_size=4,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    start=(1, 1),
+  )
+  np.testing.assert_array_equal(next(resumed)['large'], full[7]['large'])
+
+
+def test_source_errors_are_clear(tmp_path):
+  with pytest.raises(ValueError, match=f"image folder '{tmp_path}' holds no"):
+    sources.folder_source(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    sources.folder_source(str(tmp_path / 'nowhere'))
+  (tmp_path / 'a.jpg').write_bytes(b'')
+  with pytest.raises(ValueError, match='class sub-folders.*a.jpg'):
+    sources.folder_source(str(tmp_path), with_labels=True)
+  with pytest.raises(ValueError, match=f"evaluation source '{tmp_path}' has no labels"):
+    next(eval_data.eval_batches(sources.folder_source(str(tmp_path)), batch_size=2))
+  with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
+    sources.open_source('tfds:no_such_dataset_xyz', data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="'mnist' is not prepared.*download=True"):
+    sources.tfds_source('mnist', data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match="demo data split 'val'"):
+    sources.demo_source('val')
+  with pytest.raises(ValueError, match='no full batch'):
+    _iterator(_solid_source(4)[0])
+
+
+def test_demo_data_is_a_fixed_learnable_split():
+  from sklearn.neighbors import KNeighborsClassifier
+
+  x_train, y_train = load_demo('train')
+  x_test, y_test = load_demo('test')
+  assert x_train.shape == (1437, 32, 32, 3) and x_test.shape == (360, 32, 32, 3)
+  assert x_train.dtype == np.uint8 and set(y_train) == set(y_test) == set(range(10))
+  np.testing.assert_array_equal(load_demo('test')[0], x_test)
+
+  def features(x):  # grey, per-image standardised: the digit's shape, whatever its colours
+    g = x.astype(np.float64).mean(-1).reshape(len(x), -1)
+    return (g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + 1e-6)
+
+  knn = KNeighborsClassifier(1).fit(features(x_train), y_train)
+  assert knn.score(features(x_test), y_test) > 0.6  # chance is 0.1: labels go with their images
+
+
+def test_eval_images_match_torchvision_resize_centre_crop(tmp_path):
+  rng = np.random.default_rng(2)
+  y, x = np.mgrid[0:37, 0:53]
+  smooth = np.stack([x * 4.8, y * 6.9, 128 + 90 * np.sin(x / 4.0)], -1)
+  images = {
+    'cats/a.png': np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8),
+    'dogs/b.png': np.clip(
+      smooth.transpose(1, 0, 2) + rng.normal(0, 10, (53, 37, 3)), 0, 255
+    ).astype(np.uint8),
+    'dogs/c.png': _rgb(rng, 24, 24),
+  }
+  for name, pixels in images.items():
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    Image.fromarray(pixels).save(tmp_path / name)
+  (tmp_path / 'dogs' / 'broken.png').write_text('x')
+  skipped = []
+  batches = list(
+    eval_data.eval_batches(str(tmp_path), batch_size=2, resize=24, crop=20, skipped=skipped)
+  )
+  assert [len(b['label']) for b in batches] == [2, 1]
+  images_out = np.concatenate([b['image'] for b in batches])
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), [0, 1, 1])
+  ref_tf = T.Compose([T.Resize(24), T.CenterCrop(20)])
+  for out, name in zip(images_out, sorted(images), strict=True):
+    ref = np.asarray(ref_tf(Image.fromarray(images[name]))).astype(int)
+    diff = np.abs(out.astype(int) - ref)
+    assert out.shape == (20, 20, 3) and diff.max() <= 1 and diff.mean() < 0.3, (
+      name,
+      diff.max(),
+      diff.mean(),
+    )
+  assert skipped == [str(tmp_path / 'dogs' / 'broken.png')]
+  with pytest.raises(ValueError, match='centre crop 30'):
+    next(eval_data.eval_batches(str(tmp_path), batch_size=2, resize=24, crop=30))
+
+
+DEVICE_SCRIPT = """
+import jax, numpy as np
+from input_pipeline import device
+mesh = device.data_mesh()
+assert len(mesh.devices) == 2
+batches = [{"x": np.arange(8 * 3).reshape(8, 3) + k} for k in range(5)]
+out = list(device.prefetch_to_device(iter(batches), mesh))
+assert len(out) == 5
+for k, b in enumerate(out):
+    assert b["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert [s.data.shape for s in b["x"].addressable_shards] == [(4, 3), (4, 3)]
+    np.testing.assert_array_equal(np.asarray(b["x"]), batches[k]["x"])
+try:
+    device.to_global({"y": np.zeros((3,))}, mesh)
+    raise SystemExit("no error for 3 rows on 2 devices")
+except ValueError as e:
+    assert "batch key 'y'" in str(e), e
+print("ok")
+"""
+
+
+def test_device_placement_and_prefetch_on_two_devices():
+  """In a fresh process: the host-device count must be set before jax starts."""
+  import os
+  import subprocess
+  import sys
+
+  env = {
+    **os.environ,
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+    'JAX_PLATFORMS': 'cpu',
+  }
+  result = subprocess.run(
+    [sys.executable, '-c', DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-2000:]
+
+
+def test_benchmark_prints_one_json_line(tmp_path, capsys):
+  import json
+
+  from input_pipeline import benchmark
+
+  rng = np.random.default_rng(3)
+  for k in range(4):
+    Image.fromarray(_rgb(rng, 48, 64)).save(tmp_path / f'{k}.jpg')
+  args = ['--source', str(tmp_path), '--workers', '1', '--batch', '2', '--seconds', '0.5']
+  benchmark.main(args + ['--layout', 'moco', '--no-augment'])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result['layout'] == 'moco' and result['workers'] == 1
+  assert result['cpu_images_per_s'] > 0 and result['cpu_images_per_s_per_core'] > 0
+  assert result['augment_ms_per_batch'] is None and 'no-augment' in result['augment_note']
