@@ -5,15 +5,9 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-DATA_AXIS = 'data'
-
-
-def data_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all devices (of all processes) with the axis 'data'."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+from revisit_jax.sharding import batch_sharding
 
 
 def to_global(batch: dict, mesh: Mesh) -> dict:
@@ -21,7 +15,7 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
 
   The per-process batch must divide evenly over this process's devices.
   """
-  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  sharding = batch_sharding(mesh)
   local = len(mesh.local_devices)
   out = {}
   for key, value in batch.items():

@@ -313,7 +313,8 @@ def test_eval_images_match_torchvision_resize_centre_crop(tmp_path):
 DEVICE_SCRIPT = """
 import jax, numpy as np
 from input_pipeline import device
-mesh = device.data_mesh()
+from revisit_jax.sharding import make_mesh
+mesh = make_mesh()
 assert len(mesh.devices) == 2
 batches = [{"x": np.arange(8 * 3).reshape(8, 3) + k} for k in range(5)]
 out = list(device.prefetch_to_device(iter(batches), mesh))
