@@ -1,0 +1,161 @@
+"""One jitted pretraining step for MoCo v2 and 'ours', on any number of devices and hosts.
+
+Per step: EMA of the key encoder, keys with shuffle BN, the loss of all queries against
+the split queues, the gradient (taken outside `shard_map`, so the replicated parameters
+get the global mean gradient, as DDP's all-reduce), SGD, then the enqueue.
+Batch: {'large': uint8 [B, 2, S, S, 3], 'small': uint8 [B, n_small, s, s, 3] (only when
+n_small > 0), 'image_id': int32 [B]}, split along B over the mesh.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import PartitionSpec as P
+
+from revisit_jax import method, queues
+from revisit_jax.augment import augment_crops
+from revisit_jax.sharding import AXIS
+from revisit_jax.train_state import TrainState, make_optimizer, make_schedule
+
+KINDS = ('ours', 'moco')
+
+
+def check_config(config: ml_collections.ConfigDict, mesh) -> None:
+  """Raise a ValueError naming the config field before anything is compiled."""
+  m, crops, batch = config.method, config.crops, config.data.global_batch
+  devices, groups = mesh.devices.size, config.data.bn_groups
+  if m.kind not in KINDS:
+    raise ValueError(f'config.method.kind={m.kind!r}: expected one of {KINDS}')
+  if not (isinstance(crops.num_small, int) and crops.num_small >= 0):
+    raise ValueError(f'config.crops.num_small={crops.num_small!r}: expected an int >= 0')
+  if m.kind == 'ours' and crops.num_small == 0:
+    raise ValueError("config.crops.num_small=0 with config.method.kind='ours': "
+                     "the multi-crop method needs small crops (use kind 'moco')")
+  crop_ids = range(2 + crops.num_small)
+  unknown = [c for c in crops.autoaugment_crops if c not in crop_ids]
+  if unknown:
+    raise ValueError(f'config.crops.autoaugment_crops={tuple(crops.autoaugment_crops)}: '
+                     f'crops {unknown} do not exist (crop ids are {tuple(crop_ids)})')
+  if batch % (devices * groups):
+    raise ValueError(f'config.data.global_batch={batch} is not divisible by {devices} devices '
+                     f'x config.data.bn_groups={groups}')
+  if m.queue_size % batch:
+    raise ValueError(f'config.method.queue_size={m.queue_size} is not a multiple of '
+                     f'config.data.global_batch={batch}')
+  if m.kind == 'ours' and m.knn_topk > m.queue_size // devices:
+    raise ValueError(f'config.method.knn_topk={m.knn_topk} exceeds the {m.queue_size // devices} '
+                     f'queue rows per device')
+  for field, value in (('model.dtype', config.model.dtype),
+                       ('method.backbone_queue_dtype', m.backbone_queue_dtype)):
+    if value not in ('float32', 'bfloat16'):
+      raise ValueError(f"config.{field}={value!r}: expected 'float32' or 'bfloat16'")
+
+
+def check_batch(config, batch) -> None:
+  """Shapes of the batch against the config (at trace time, before compiling)."""
+  b, large, small = config.data.global_batch, config.crops.large_size, config.crops.small_size
+  expected = {'large': (b, 2, large, large, 3), 'image_id': (b,)}
+  if config.crops.num_small:
+    expected['small'] = (b, config.crops.num_small, small, small, 3)
+  if set(batch) != set(expected):
+    raise ValueError(f'batch keys {sorted(batch)}: expected {sorted(expected)}')
+  for name, shape in expected.items():
+    if tuple(batch[name].shape) != shape:
+      raise ValueError(f"batch['{name}'] has shape {tuple(batch[name].shape)}: expected {shape}")
+
+
+def make_gradients(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
+  """The step up to the optimizer: (state, batch) -> (grads, aux).
+
+  aux: 'metrics', 'batch_stats' (query encoder, after both passes), 'key_params',
+  'key_batch_stats', 'keys' and 'keys_h' (this step's keys, split like the batch), 'rng'.
+  With augment=False the crops go in as they are (cast to the compute dtype).
+  """
+  check_config(config, mesh)
+  model = method.build_encoder(config)
+  dtype = jnp.dtype(config.model.dtype)
+  m = config.method
+  small_ids = tuple(range(2, 2 + config.crops.num_small))
+  schedule = make_schedule(config, steps_per_epoch)
+
+  def prepare(key, crops, image_ids, crop_ids):
+    """uint8 crops [b, C, ...] -> encoder input."""
+    if not augment:
+      return crops.astype(dtype)
+    return augment_crops(key, crops, image_ids, crop_ids,
+                         tuple(config.crops.autoaugment_crops), dtype)
+
+  def pmean_floats(tree):
+    """Average BN statistics over devices so the replicated copy stays replicated."""
+    return jax.tree.map(
+        lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+  def keys(params, batch_stats, large, image_id, permutation, key):
+    prep = lambda crops, ids: prepare(key, crops[:, None], ids, (1,))[:, 0]
+    k, h, batch_stats = method.shuffled_keys(
+        model, params, batch_stats, large[:, 1], image_id, permutation, prep)
+    return k, h, pmean_floats(batch_stats)
+
+  def loss(params, batch_stats, large, small, image_id, k, queue, queue_h, key, knn_weight):
+    query = prepare(key, large[:, :1], image_id, (0,))[:, 0]
+    small = None if small is None else prepare(key, small, image_id, small_ids)
+    z, h, batch_stats = method.query_features(model, params, batch_stats, query, small)
+    terms = method.losses(z, k, h, queue, queue_h, m.temperature, m.knn_topk, knn_weight)
+    return terms['loss'], (terms, pmean_floats(batch_stats))
+
+  data, rep = P(AXIS), P()
+  keys = jax.shard_map(keys, mesh=mesh, in_specs=(rep, rep, data, data, rep, rep),
+                       out_specs=(data, data, rep))
+  loss = jax.shard_map(
+      loss, mesh=mesh,
+      in_specs=(rep, rep, data, data, data, data, data, data, rep, rep),
+      out_specs=(rep, (rep, rep)))
+
+  def gradients(state: TrainState, batch):
+    check_batch(config, batch)
+    rng, permutation_key, augment_key = jax.random.split(state.rng, 3)
+    permutation = jax.random.permutation(permutation_key, config.data.global_batch)
+    key_params = method.ema(state.key_params, state.params, m.key_momentum)
+    k, k_h, key_batch_stats = keys(key_params, state.key_batch_stats, batch['large'],
+                                   batch['image_id'], permutation, augment_key)
+    epoch = state.step // steps_per_epoch
+    knn_weight = jnp.where(epoch >= m.knn_warmup_epochs, m.knn_weight, 0.0)
+    (_, (terms, batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(
+        state.params, state.batch_stats, batch['large'], batch.get('small'),
+        batch['image_id'], k, state.queue, state.queue_h, augment_key, knn_weight)
+    metrics = {**terms, 'lr': schedule(state.step)}
+    return grads, {'metrics': metrics, 'batch_stats': batch_stats, 'key_params': key_params,
+                   'key_batch_stats': key_batch_stats, 'keys': k, 'keys_h': k_h, 'rng': rng}
+
+  return gradients
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
+  """A jitted `(state, batch) -> (state, metrics)`; the input state is donated."""
+  gradients = make_gradients(config, mesh, steps_per_epoch, augment)
+  optimizer = make_optimizer(config, steps_per_epoch)
+  data, rep = P(AXIS), P()
+
+  def enqueue(queue, queue_h, pointer, k, k_h):
+    queue, next_pointer = queues.enqueue(queue, k, pointer)
+    if queue_h is not None:
+      queue_h, _ = queues.enqueue(queue_h, k_h, pointer)
+    return queue, queue_h, next_pointer
+
+  enqueue = jax.shard_map(enqueue, mesh=mesh, in_specs=(data, data, rep, data, data),
+                          out_specs=(data, data, rep))
+
+  def step(state: TrainState, batch):
+    grads, aux = gradients(state, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    queue, queue_h, pointer = enqueue(state.queue, state.queue_h, state.queue_ptr,
+                                      aux['keys'], aux['keys_h'])
+    state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=aux['batch_stats'], key_params=aux['key_params'],
+        key_batch_stats=aux['key_batch_stats'], opt_state=opt_state, queue=queue,
+        queue_h=queue_h, queue_ptr=pointer, rng=aux['rng'])
+    return state, aux['metrics']
+
+  return jax.jit(step, donate_argnums=0)
