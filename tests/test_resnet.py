@@ -35,7 +35,7 @@ def torch_stages(model, x):
       for n in ('maxpool',) + STAGES]
   model.fc = torch.nn.Identity()
   with torch.no_grad():
-    pooled = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    pooled = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()  # x's dtype
   for h in hooks:
     h.remove()
   return {'stem': outs.pop('maxpool'), **outs, 'pooled': pooled}
@@ -72,10 +72,13 @@ def test_eval_mode_matches_torchvision_stage_by_stage(arch, dilation):
 
 @pytest.mark.parametrize('arch,dilation', [CASES[0], CASES[2]])
 def test_train_mode_outputs_and_running_statistics_match_torchvision(arch, dilation):
+  """Batch statistics amplify float32 rounding layer by layer (torchvision's own float32
+  output drifts ~1e-4 from its float64 output at layer4), so the reference here is
+  torchvision in float64: the true value both float32 implementations approximate."""
   model = random_torch_resnet(arch, dilation).train()
   x = np.random.RandomState(2).randn(4, 64, 64, 3).astype(np.float32)
   flax_model, params, stats = flax_from_torch(model, arch, dilation)
-  expected = torch_stages(model, x)  # updates torch's running statistics
+  expected = torch_stages(model.double(), x.astype(np.float64))  # updates running statistics
   got, updated = flax_model.apply({'params': params, 'batch_stats': stats}, x, train=True,
                                   mutable=['batch_stats'])
   for name, value in expected.items():
