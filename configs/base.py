@@ -62,8 +62,14 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.monitor = ml_collections.ConfigDict()
   c.monitor.every_epochs = 0         # 0 = off; else weighted kNN top-1 every E epochs
-  c.monitor.source = ''              # labelled set: 'demo', a folder with class sub-folders, or 'tfds:NAME'
-  c.monitor.image_size = 224
+  c.monitor.source = ''              # labelled set: 'demo', 'tfds:NAME', or a folder of <split>/<class>/ images
+  c.monitor.image_size = 224         # centre crop after resizing the shorter side to size * 256/224
+  c.monitor.train_split = 'train'    # the kNN bank (for a folder: its sub-folder of that name)
+  c.monitor.test_split = 'test'      # the classified images
+  c.monitor.k = 200                  # neighbours (InstDisc / MoCo monitor: 200, T 0.07)
+  c.monitor.temperature = 0.07
+  c.monitor.batch_size = 256         # images per feature batch
+  c.monitor.final_vs_random = False  # at the end, also score the network at its initialisation
   return c
 
 

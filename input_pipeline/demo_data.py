@@ -1,9 +1,11 @@
 """The demo's labelled image set, built from data scikit-learn ships (no download).
 
 scikit-learn's ``load_digits`` holds 1,797 labelled 8x8 grey digits. Each one becomes a
-32x32 RGB uint8 image: bilinearly upsampled, shifted by up to 3 px and painted with a
-foreground and a background colour, all drawn from a fixed seed. The colours give colour
-jitter and grayscale something to act on; the shift gives crops something to find.
+32x32 RGB uint8 image: bilinearly upsampled, shifted by up to 3 px and painted in a light
+digit on a dark ground, both tinted from one small palette (drawn from a fixed seed). The
+tints are few and shared by many images of every digit, so they cannot identify an image:
+contrastive learning then has to use the shapes (colours unique to each image were a
+shortcut the network learned instead of the digits).
 Every fifth image (index % 5 == 0) is the test split, the rest the train split.
 """
 
@@ -12,6 +14,7 @@ import functools
 import numpy as np
 
 SIZE = 32
+PALETTE = 4
 SPLITS = ('train', 'test')
 
 
@@ -30,8 +33,10 @@ def _all_images() -> tuple[np.ndarray, np.ndarray]:
   for k, (y, x) in enumerate(offsets):
     canvas[k, y : y + 24, x : x + 24] = big[k]
   canvas = np.clip(canvas, 0.0, 1.0)[..., None]
-  foreground = rng.uniform(120, 255, size=(n, 1, 1, 3))
-  background = rng.uniform(0, 100, size=(n, 1, 1, 3))
+  palette = rng.uniform(0.7, 1.0, size=(PALETTE, 3))
+  tint = palette[rng.integers(0, PALETTE, size=n)][:, None, None, :]
+  foreground = 255 * tint
+  background = 60 * tint[:, :, :, ::-1]
   images = np.round(canvas * foreground + (1 - canvas) * background).astype(np.uint8)
   return images, digits.target.astype(np.int64)
 

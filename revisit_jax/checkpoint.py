@@ -8,6 +8,7 @@ resolved config, epoch and where the weights came from.
 import json
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ('state', 'meta')
@@ -50,14 +51,25 @@ def restore_meta(path, step: int | None = None) -> dict:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
 
+def on_one_device(directory: Path, step: int):
+  """A restore template placing every saved array on this process's first device, so a
+  checkpoint written by any number of devices or hosts reads back anywhere."""
+  saved = ocp.StandardCheckpointer().metadata(directory / str(step) / 'state')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      saved.item_metadata)
+
+
 def restore(path, template=None, step: int | None = None):
-  """(state, meta) of `step` (default: latest). Without a template the state comes
-  back as nested dicts of arrays, which is all the exporters need."""
+  """(state, meta) of `step` (default: latest). Without a template the state comes back
+  as nested dicts of arrays on one device, which is all the exporters need."""
   directory = checkpoint_dir(path)
   mngr = ocp.CheckpointManager(directory, item_names=ITEMS)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'{path}: no checkpoint found in {directory}')
+  if template is None:
+    template = on_one_device(directory, step)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
   return restored.state, restored.meta

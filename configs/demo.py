@@ -1,0 +1,43 @@
+"""The demo: a small ResNet pretrains on the embedded digit images; no download, no GPU.
+
+  python -m revisit_jax.main --config configs/demo.py --workdir runs/demo
+
+'ours' (2 x 32 px + 2 x 16 px constrained crops, AutoAugment on crops 0, 2, 3, kNN loss) on
+the 1,437 train images of input_pipeline/demo_data.py, ResNet-18 at width 16, float32 (bf16
+is slow on CPUs), 30 epochs of 11 steps: 2 min 5 s wall-clock measured on the shared 2-core
+CPU dev box (taskset -c 0,1, 2026-11-28). At the end it prints the weighted kNN top-1 (k 20)
+on the 360 test images of the learned features and of the same network at initialisation
+(also in WORKDIR/knn_final.json) and writes torchvision-keyed weights
+(WORKDIR/resnet18_torchvision.pth, a width-16 ResNet-18).
+Known problem, open: the learned features do not yet beat the initial ones (measured 55 %
+against 60 %). Without the on-device augmentation the same step learns on these images
+(InfoNCE 5.6 -> 4.6 in 100 steps at K 256, momentum 0.9); with the full MoCo v2 chain at
+32 px it stays at chance within this budget.
+"""
+
+from configs.base import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.model.arch = 'resnet18'
+  c.model.width = 16
+  c.model.head_hidden_dim = 512
+  c.model.dtype = 'float32'
+  c.method.queue_size = 256  # well below the 1,437 images, so an image's own old keys are rare
+  c.method.key_momentum = 0.9  # a fast key encoder: the run is only 330 steps
+  c.crops.large_size = 32
+  c.crops.num_small = 2
+  c.crops.small_size = 16
+  c.crops.autoaugment_crops = (0, 2, 3)
+  c.optim.base_lr = 0.06
+  c.optim.epochs = 30
+  c.data.source = 'demo'
+  c.data.global_batch = 128
+  c.train.log_every_steps = 5
+  c.train.checkpoint_every_steps = 50
+  c.monitor.source = 'demo'
+  c.monitor.image_size = 32
+  c.monitor.k = 20
+  c.monitor.final_vs_random = True
+  return c

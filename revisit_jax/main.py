@@ -1,0 +1,82 @@
+"""Pretrain: python -m revisit_jax.main --config CONFIG_FILE --workdir DIR [--config.FIELD=VALUE ...]
+
+  python -m revisit_jax.main --config configs/demo.py --workdir runs/demo
+  python -m revisit_jax.main --config configs/ours_800ep.py --workdir runs/ours \\
+      --config.data.source=/data/coco/train2017
+
+Running the same command again resumes from the latest checkpoint in DIR; SIGTERM or
+SIGINT saves and exits 0. An unknown field, a value of the wrong type or an impossible
+combination stops the program before any work.
+
+Several hosts: under SLURM (SLURM_NTASKS > 1, one task per host) jax.distributed finds the
+coordinator itself; elsewhere start one process per host with
+  --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+All processes form one mesh over all devices; each reads its share of every batch.
+"""
+
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and exports.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'HOST:PORT of process 0 for a multi-host run.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def init_distributed() -> None:
+  """jax.distributed for explicit coordinator flags or a multi-task SLURM job; else nothing."""
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  slurm_tasks = int(os.environ.get('SLURM_NTASKS', '1'))
+  if all(v is None for v in explicit) and slurm_tasks <= 1:
+    return
+  # CPU-only processes need a collectives backend; accelerators ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if any(v is None for v in explicit):
+    if any(v is not None for v in explicit):
+      raise app.UsageError('--coordinator_address, --num_processes and --process_id go together')
+    jax.distributed.initialize()  # SLURM: everything from the environment
+  else:
+    jax.distributed.initialize(coordinator_address=explicit[0], num_processes=explicit[1],
+                               process_id=explicit[2])
+
+
+def report(summary: dict) -> None:
+  """The end of the run on stdout: kNN comparison (if any) and a JSON summary line."""
+  if summary['stopped']:
+    print(f"Stopped at step {summary['step']}; run the same command again to resume.")
+  knn = summary.get('knn')
+  if knn:
+    print(f"Weighted kNN top-1 on {knn['source']}/{knn['test_split']} (k={knn['k']}): "
+          f"learned {knn['learned_top1']:.1f} %, same network at initialisation "
+          f"{knn['random_init_top1']:.1f} %")
+  if summary.get('export'):
+    print(f"torchvision weights: {summary['export']}")
+  print(json.dumps(summary))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax's INFO lines would bury the progress bar
+    logging.set_verbosity(logging.WARNING)
+  init_distributed()
+  from revisit_jax import train
+  try:
+    summary = train.train(_CONFIG.value, _WORKDIR.value)
+  except train.RunError as e:
+    sys.exit(f'error: {e}')
+  if jax.process_index() == 0:
+    report(summary)
+
+
+if __name__ == '__main__':
+  app.run(main)

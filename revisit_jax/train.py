@@ -1,0 +1,337 @@
+"""The pretraining loop: resume, checkpoints, signals, logging, the kNN monitor, export.
+
+The data position is a function of the step (epoch = step // steps_per_epoch, batch =
+step % steps_per_epoch), so a checkpoint of the state is all a resume needs. Checkpoints
+are orbax's (asynchronous, renamed into place when complete): every
+train.checkpoint_every_steps steps, at each epoch end, at the end and on SIGTERM/SIGINT.
+A checkpoint is written only after its step's loss was seen to be finite.
+"""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from revisit_jax import checkpoint, logging_utils, monitor, sharding, train_state, train_step
+
+# The config fields that define a run: a workdir holding another value of one of them is refused.
+RUN_FIELDS = ('model', 'method', 'crops', 'optim', 'data.global_batch', 'data.source',
+              'data.split')
+CONFIG_FILE = 'config.json'
+FINAL_KNN_FILE = 'knn_final.json'
+
+
+class RunError(Exception):
+  """A problem with the config, the data or the workdir, reported without a traceback."""
+
+
+class NonFiniteLoss(RunError):
+  pass
+
+
+def crop_layout(config) -> tuple:
+  """The input pipeline's crop groups: 2 large crops (query, key), then the small ones."""
+  c = config.crops
+  layout = (('large', 2, c.large_size, tuple(c.large_scale)),)
+  if c.num_small:
+    layout += (('small', c.num_small, c.small_size, tuple(c.small_scale)),)
+  return layout
+
+
+def open_data(config):
+  """The training source; a bad spec or path becomes a RunError naming config.data.source."""
+  from input_pipeline import sources
+  try:
+    return sources.open_source(config.data.source, config.data.split,
+                               config.data.data_dir or None)
+  except (FileNotFoundError, ValueError) as e:
+    raise RunError(f'config.data.source={config.data.source!r}: {e}') from None
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  full = config.optim.epochs * steps_per_epoch
+  return full if config.train.num_steps == -1 else config.train.num_steps
+
+
+def validate(config, mesh, num_images: int) -> None:
+  """Raise a RunError for any impossible combination, before anything is compiled."""
+  try:
+    train_step.check_config(config, mesh)
+  except ValueError as e:
+    raise RunError(str(e)) from None
+  m, t, batch = config.method, config.train, config.data.global_batch
+  processes = jax.process_count()
+  problems = []
+  if config.optim.epochs < 1:
+    problems.append(f'config.optim.epochs={config.optim.epochs} must be >= 1')
+  if m.knn_warmup_epochs > config.optim.epochs:
+    problems.append(f'config.method.knn_warmup_epochs={m.knn_warmup_epochs} exceeds '
+                    f'config.optim.epochs={config.optim.epochs}: the kNN loss would never start')
+  if m.kind == 'moco' and m.knn_weight:
+    problems.append(f"config.method.knn_weight={m.knn_weight} with kind 'moco', which has "
+                    'no kNN loss (set it to 0 or use kind ours)')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if t[field] < 1:
+      problems.append(f'config.train.{field}={t[field]} must be >= 1')
+  if batch % processes:
+    problems.append(f'config.data.global_batch={batch} is not divisible by {processes} processes')
+  steps_per_epoch = num_images // batch
+  if steps_per_epoch < 1:
+    problems.append(f'config.data.source={config.data.source!r} has {num_images} images, '
+                    f'fewer than one batch of config.data.global_batch={batch}')
+  elif t.num_steps != -1 and not 0 < t.num_steps <= config.optim.epochs * steps_per_epoch:
+    problems.append(f'config.train.num_steps={t.num_steps}: expected -1 or 1..'
+                    f'{config.optim.epochs * steps_per_epoch} (epochs x steps per epoch)')
+  mon = config.monitor
+  if (mon.every_epochs > 0 or mon.final_vs_random) and not mon.source:
+    problems.append('config.monitor.source is empty but the monitor is on '
+                    f'(every_epochs={mon.every_epochs}, final_vs_random={mon.final_vs_random})')
+  if mon.every_epochs < 0:
+    problems.append(f'config.monitor.every_epochs={mon.every_epochs} must be >= 0')
+  if problems:
+    raise RunError('invalid config:\n  ' + '\n  '.join(problems))
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def run_differences(saved: dict, config) -> list[str]:
+  """'field: checkpoint X, now Y' for every run-defining field that differs."""
+  before, now = _flatten(saved), _flatten(json.loads(config.to_json()))
+  absent = '<absent>'
+  out = []
+  for key in sorted(set(before) | set(now)):
+    if any(key == f or key.startswith(f + '.') for f in RUN_FIELDS):
+      old, new = before.get(key, absent), now.get(key, absent)
+      if old != new:
+        out.append(f'{key}: checkpoint {old!r}, now {new!r}')
+  return out
+
+
+class StopSignal:
+  """SIGTERM / SIGINT ask the loop to save and stop; a second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self._requested = False
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame):
+    if self._requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning('received %s: saving a checkpoint and stopping', signal.Signals(signum).name)
+    self._requested = True
+
+  def requested(self) -> bool:
+    """Whether any process got a signal (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self._requested
+    return bool(multihost_utils.process_allgather(np.int32(self._requested)).any())
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def check_resumable(workdir: Path, config) -> int | None:
+  """The latest checkpoint step of `workdir`, after refusing one of another run."""
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    return None
+  differences = run_differences(checkpoint.restore_meta(workdir, step)['config'], config)
+  if differences:
+    raise RunError(f'{workdir} holds a checkpoint (step {step}) of another run; the fields that '
+                   'differ:\n  ' + '\n  '.join(differences) +
+                   '\nUse a new --workdir, or the checkpoint\'s config.')
+  return step
+
+
+def as_device_batches(iterator, mesh):
+  """Per-process numpy batches -> global arrays (image ids as int32, JAX's default int)."""
+  from input_pipeline.device import prefetch_to_device
+  batches = ({**b, 'image_id': b['image_id'].astype(np.int32)} for b in iterator)
+  return prefetch_to_device(batches, mesh)
+
+
+class Metrics:
+  """Per-step metrics fetched one step late (so the host stays a step ahead), checked for
+  non-finite values, and averaged over each logging window."""
+
+  def __init__(self, steps_per_epoch: int):
+    self.steps_per_epoch = steps_per_epoch
+    self.pending = None
+    self.window = []
+    self.checkpointed = None
+
+  def add(self, step: int, metrics):
+    self.settle()
+    self.pending = (step, metrics)
+
+  def settle(self):
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not np.isfinite(values['loss']):
+      epoch = (step - 1) // self.steps_per_epoch
+      shown = ', '.join(f'{k}={v:.4g}' for k, v in values.items())
+      kept = (f'the last checkpoint (step {self.checkpointed}) is intact'
+              if self.checkpointed is not None else 'no checkpoint was written')
+      raise NonFiniteLoss(f'non-finite loss at step {step} (epoch {epoch}): {shown}. Stopped '
+                          f'without saving; {kept}. A lower config.optim.base_lr may help.')
+    self.window.append(values)
+
+  def mean(self) -> dict:
+    self.settle()
+    mean = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
+    self.window = []
+    return mean
+
+
+def open_monitor(config):
+  """(bank, test) labelled sources of the kNN monitor, or None when it is off."""
+  m = config.monitor
+  if not (m.every_epochs or m.final_vs_random):
+    return None
+  try:
+    return tuple(monitor.open_split(m.source, split, config.data.data_dir)
+                 for split in (m.train_split, m.test_split))
+  except (FileNotFoundError, ValueError) as e:
+    raise RunError(f'config.monitor.source={m.source!r}: {e}') from None
+
+
+def final_knn(config, mesh, state, splits) -> dict:
+  """kNN top-1 of the trained network and of the same network at its initialisation."""
+  fresh = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
+  return {'learned_top1': monitor.knn_top1(config, state.params, state.batch_stats, splits),
+          'random_init_top1': monitor.knn_top1(config, fresh.params, fresh.batch_stats, splits),
+          'source': config.monitor.source, 'test_split': config.monitor.test_split,
+          'k': config.monitor.k, 'temperature': config.monitor.temperature,
+          'step': int(state.step)}
+
+
+def export_weights(workdir: Path, config) -> str:
+  """torchvision weights of the latest checkpoint beside checkpoints/ (safetensors without torch)."""
+  from converters.export_torch import export
+  try:
+    import torch  # noqa: F401  (the .pth writer needs it)
+    suffix = 'pth'
+  except ImportError:
+    suffix = 'safetensors'
+  out = workdir / f'{config.model.arch}_torchvision.{suffix}'
+  export(workdir, out, fmt='torchvision')
+  return str(out)
+
+
+def train(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Train (or resume) in `workdir`; returns a summary (final step, stopped, kNN, export)."""
+  workdir = Path(workdir).absolute()
+  mesh = sharding.make_mesh()
+  source = open_data(config)
+  validate(config, mesh, len(source))
+  latest = check_resumable(workdir, config)
+  splits = open_monitor(config)
+
+  from input_pipeline import pipeline
+  processes, devices = jax.process_count(), mesh.devices.size
+  local_batch = config.data.global_batch // processes
+  steps_per_epoch = pipeline.steps_per_epoch(len(source), local_batch, processes)
+  last = total_steps(config, steps_per_epoch)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + '\n')
+
+  state = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
+  if latest is not None:
+    state, _ = checkpoint.restore(workdir, state, latest)
+    if jax.process_index() == 0:
+      print(f'Resuming from step {latest} in {workdir}', flush=True)
+  step = int(state.step)
+  iterator = pipeline.create_train_iterator(
+      source, layout=crop_layout(config), constrained=config.crops.constrained,
+      batch_size=local_batch, seed=config.data.seed,
+      start=divmod(step, steps_per_epoch), workers=config.data.workers or None)
+  batches = as_device_batches(iterator, mesh)
+  step_fn = train_step.make_train_step(config, mesh, steps_per_epoch)
+
+  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
+  writer = logging_utils.MetricWriter(workdir)
+  bar = logging_utils.progress_bar(last, step)
+  stop = StopSignal()
+  metrics = Metrics(steps_per_epoch)
+  metrics.checkpointed = latest
+  stopped = False
+  t = config.train
+  try:
+    clock, clock_step = None, step
+    while step < last:
+      state, step_metrics = step_fn(state, next(batches))
+      step += 1
+      metrics.add(step, step_metrics)
+      bar.update(1)
+      if clock is None:  # time from the end of the first (compiling) step
+        metrics.settle()
+        clock, clock_step = time.perf_counter(), step
+      epoch_end = step % steps_per_epoch == 0
+      if step % t.log_every_steps == 0 or step == last:
+        mean = metrics.mean()
+        elapsed = time.perf_counter() - clock
+        rate = (step - clock_step) * config.data.global_batch / elapsed if elapsed > 0 else 0.0
+        clock, clock_step = time.perf_counter(), step
+        mean.update(epoch=step / steps_per_epoch, images_per_s=rate,
+                    images_per_s_per_device=rate / devices)
+        writer.write_scalars(step, mean)
+        bar.set_postfix(logging_utils.postfix(mean, step / steps_per_epoch, rate, devices),
+                        refresh=False)
+      epoch = step // steps_per_epoch
+      every = config.monitor.every_epochs
+      if epoch_end and every and epoch % every == 0:
+        top1 = monitor.knn_top1(config, state.params, state.batch_stats, splits)
+        writer.write_scalars(step, {'monitor/knn_top1': top1})
+        bar.write(f'step {step} epoch {epoch}: kNN top-1 {top1:.2f} % on '
+                  f'{config.monitor.source}/{config.monitor.test_split}')
+        metrics.settle()
+        clock, clock_step = time.perf_counter(), step  # the monitor is not training throughput
+      stopped = stop.requested()
+      if step % t.checkpoint_every_steps == 0 or epoch_end or step == last or stopped:
+        metrics.settle()
+        checkpoint.save(mngr, step, state, checkpoint.make_meta(
+            config, step, epoch, batch=step % steps_per_epoch, steps_per_epoch=steps_per_epoch))
+        metrics.checkpointed = step
+      if stopped:
+        bar.write(f'stopped by signal at step {step}: checkpoint saved in {workdir}')
+        break
+  finally:
+    stop.restore()
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+
+  summary = {'step': step, 'epoch': step / steps_per_epoch, 'stopped': stopped,
+             'workdir': str(workdir)}
+  if stopped:
+    return summary
+  if config.monitor.final_vs_random:
+    summary['knn'] = final_knn(config, mesh, state, splits)
+    if jax.process_index() == 0:
+      (workdir / FINAL_KNN_FILE).write_text(json.dumps(summary['knn'], indent=2) + '\n')
+  if config.train.export_torch and jax.process_count() == 1:
+    summary['export'] = export_weights(workdir, config)
+  elif config.train.export_torch and jax.process_index() == 0:
+    print(f'Export skipped on {jax.process_count()} processes; on one machine run: python -m '
+          f'converters.export_torch {workdir} --out {config.model.arch}_torchvision.pth')
+  return summary

@@ -1,0 +1,200 @@
+"""The training program end to end, as subprocesses on the demo data with a tiny network.
+
+Each run is `python -m revisit_jax.main` in its own process, so signals, exit codes and
+messages are the real ones. A shared persistent compilation cache lets the runs of one
+config compile once.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from revisit_jax import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8  # the uninterrupted run; the interrupted one is signalled after step 3
+TINY = {
+    'model.width': 8, 'model.head_hidden_dim': 32, 'model.embed_dim': 16,
+    'crops.large_size': 16, 'crops.small_size': 8, 'crops.num_small': 2,
+    'crops.autoaugment_crops': '(0, 2)', 'method.queue_size': 128, 'method.knn_topk': 4,
+    'data.global_batch': 32, 'optim.base_lr': 0.06, 'optim.epochs': 1, 'train.num_steps': STEPS,
+    'train.log_every_steps': 1, 'train.checkpoint_every_steps': 2,
+    'monitor.final_vs_random': False, 'train.export_torch': False,
+}
+MOCO = dict(method__kind='moco', method__knn_weight=0.0, crops__num_small=0,
+            crops__autoaugment_crops='()', crops__constrained=False)
+
+
+def overrides(**changes):
+  """--config.FIELD=VALUE flags: the tiny demo, with `changes` (FIELD with '__' for '.')."""
+  fields = {**TINY, **{k.replace('__', '.'): v for k, v in changes.items()}}
+  return [f'--config.{k}={v}' for k, v in fields.items()]
+
+
+def env(tmp_cache, devices=1):
+  out = {k: v for k, v in os.environ.items() if not k.startswith(('XLA_', 'JAX_'))}
+  out.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             # One thread per XLA CPU op: threaded reductions may sum in a varying order,
+             # and the kNN loss's top-k turns such last-bit differences into other picks.
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+                       '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return out
+
+
+def command(workdir, *extra, fields=None):
+  return [sys.executable, '-m', 'revisit_jax.main', '--config', 'configs/demo.py',
+          *(fields or overrides()), '--workdir', str(workdir), *extra]
+
+
+def run(workdir, *extra, cache, fields=None, timeout=600):
+  return subprocess.run(command(workdir, *extra, fields=fields), cwd=ROOT, env=env(cache), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def logged_steps(workdir):
+  path = Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def arrays(workdir):
+  """The latest checkpoint's arrays by path, restored onto this process's first device
+  (whatever devices wrote it), and its meta."""
+  state, meta = checkpoint.restore(workdir)
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(state)}, meta
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, cache):
+  workdir = tmp_path_factory.mktemp('full')
+  result = run(workdir, cache=cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_full_run_writes_metrics_events_config_and_checkpoints(full_run):
+  workdir, result = full_run
+  steps = logged_steps(workdir)
+  assert [s['step'] for s in steps] == list(range(1, STEPS + 1))
+  for name in ('loss', 'infonce', 'knn', 'acc1', 'acc5', 'lr', 'images_per_s'):
+    assert all(np.isfinite(s[name]) for s in steps), name
+  # total = InfoNCE + 0.4 kNN (the demo keeps the paper's weight).
+  np.testing.assert_allclose([s['loss'] for s in steps],
+                             [s['infonce'] + 0.4 * s['knn'] for s in steps], rtol=1e-5)
+  assert list(workdir.glob('events.out.tfevents.*'))
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['model']['width'] == 8 and config['data']['source'] == 'demo'
+  assert checkpoint.latest_step(workdir) == STEPS
+  _, meta = arrays(workdir)
+  assert meta['step'] == STEPS and meta['config']['model']['width'] == 8
+  assert json.loads(result.stdout.strip().splitlines()[-1])['step'] == STEPS
+
+
+def test_tensorboard_events_hold_the_logged_scalars(full_run):
+  workdir, _ = full_run
+  from tensorflow.core.util import event_pb2
+  import tensorflow as tf
+  losses = {}
+  for path in workdir.glob('events.out.tfevents.*'):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == 'loss':
+          losses[event.step] = float(tf.make_ndarray(value.tensor))
+  logged = {s['step']: s['loss'] for s in logged_steps(workdir)}
+  assert sorted(losses) == sorted(logged)
+  np.testing.assert_allclose([losses[s] for s in logged], list(logged.values()), rtol=1e-6)
+
+
+def test_sigterm_then_resume_matches_the_uninterrupted_run(full_run, cache, tmp_path):
+  full_dir, _ = full_run
+  workdir = tmp_path / 'interrupted'
+  proc = subprocess.Popen(command(workdir), cwd=ROOT, env=env(cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not any(s['step'] >= 3 for s in logged_steps(workdir)):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, 'the run never logged step 3'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  stopped = checkpoint.latest_step(workdir)
+  assert 3 <= stopped < STEPS, f'stopped at {stopped}: the signal came too late to test a resume'
+  assert 'Stopped at step' in out
+
+  resumed = run(workdir, cache=cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert checkpoint.latest_step(workdir) == STEPS
+  want, _ = arrays(full_dir)
+  got, _ = arrays(workdir)
+  assert sorted(got) == sorted(want)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+  # The resumed steps log the losses of the uninterrupted run.
+  full = {s['step']: s['loss'] for s in logged_steps(full_dir)}
+  after = {s['step']: s['loss'] for s in logged_steps(workdir) if s['step'] > stopped}
+  assert sorted(after) == list(range(stopped + 1, STEPS + 1))
+  np.testing.assert_allclose([after[s] for s in after], [full[s] for s in after], rtol=1e-6)
+
+
+def test_workdir_of_another_config_is_refused(full_run, cache):
+  workdir, _ = full_run
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  result = run(workdir, cache=cache,
+               fields=overrides(optim__base_lr=0.1, method__temperature=0.1))
+  assert result.returncode != 0
+  assert 'another run' in result.stderr
+  assert 'optim.base_lr: checkpoint 0.06, now 0.1' in result.stderr
+  assert 'method.temperature' in result.stderr
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+
+
+def test_config_typo_is_rejected_at_start(tmp_path, cache):
+  result = run(tmp_path / 'typo', '--config.optim.lrr=1', cache=cache, timeout=120)
+  assert result.returncode != 0
+  assert 'lrr' in result.stderr
+  assert not (tmp_path / 'typo').exists()
+
+
+def test_impossible_combination_is_rejected_at_start(tmp_path, cache):
+  result = run(tmp_path / 'bad', '--config.method.queue_size=100', cache=cache, timeout=120)
+  assert result.returncode != 0
+  assert 'config.method.queue_size=100 is not a multiple of config.data.global_batch=32' in (
+      result.stderr)
+  assert not (tmp_path / 'bad').exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache):
+  workdir = tmp_path / 'diverged'
+  fields = overrides(**MOCO, optim__base_lr=1e30, train__checkpoint_every_steps=1)
+  result = run(workdir, cache=cache, fields=fields)
+  assert result.returncode != 0
+  assert 'non-finite loss at step' in result.stderr
+  bad = int(result.stderr.split('non-finite loss at step ')[1].split()[0])
+  assert 1 < bad <= STEPS
+  assert f'the last checkpoint (step {bad - 1}) is intact' in result.stderr
+  assert checkpoint.latest_step(workdir) == bad - 1
+  state, meta = arrays(workdir)
+  assert meta['step'] == bad - 1
+  assert all(np.isfinite(v).all() for v in state.values())
+  logged = logged_steps(workdir)
+  assert all(np.isfinite(s['loss']) for s in logged) and logged[-1]['step'] < bad
