@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from eval import common, davis_metrics
 from eval.common import IMAGENET_MEAN, IMAGENET_STD
-from eval.seg_data import read_index_png, require_dir, require_files
+from eval.seg_data import read_index_png, require_dir, require_files, voc_palette
 
 
 # ---------------------------------------------------------------- dataset layout
@@ -71,31 +71,16 @@ def read_label_maps(paths):
   return np.stack(maps)
 
 
-def davis_palette():
-  """The DAVIS / PASCAL VOC colour map (bit-interleaved), 256 RGB entries, flat."""
-  palette = []
-  for i in range(256):
-    r = g = b = 0
-    c = i
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    palette += [r, g, b]
-  return palette
-
-
 def save_labels(labels, path):
   img = Image.fromarray(labels.astype(np.uint8), mode='P')
-  img.putpalette(davis_palette())
+  img.putpalette(voc_palette())
   path.parent.mkdir(parents=True, exist_ok=True)
   img.save(path)
 
 
 def save_overlay_gif(frames, labels, path, alpha=0.5):
   """Frames with the predicted objects tinted in their palette colours, as an animated GIF."""
-  colours = np.array(davis_palette(), np.float32).reshape(256, 3)
+  colours = np.array(voc_palette(), np.float32).reshape(256, 3)
   pictures = []
   for frame, lab in zip(frames, labels):
     tint = colours[lab]

@@ -178,3 +178,18 @@ def cityscapes_train_transform(crop: int, scales=CITYSCAPES_SCALES):
 def full_resolution():
   norm = normalize()
   return lambda image, mask: (norm(image), mask)
+
+
+def voc_palette() -> list[int]:
+  """The PASCAL VOC colour map (DAVIS uses it too) (bit-interleaved), 256 RGB entries, flat."""
+  palette = []
+  for i in range(256):
+    r = g = b = 0
+    c = i
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    palette += [r, g, b]
+  return palette

@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 
 from eval.common import IMAGENET_MEAN, IMAGENET_STD
-from eval.seg_data import CITYSCAPES_LABEL_IDS, VOC_CLASSES
+from eval.seg_data import CITYSCAPES_LABEL_IDS, VOC_CLASSES, voc_palette
 
 VOC07_CLASSES = VOC_CLASSES[1:]
 CELL = 32
@@ -31,21 +31,6 @@ def resnet50_pth(tmp_path_factory) -> Path:
   torch.manual_seed(0)
   torch.save(torchvision.models.resnet50().state_dict(), path)
   return path
-
-
-def voc_palette() -> list[int]:
-  """The VOC colour map (bit-interleaved), 256 RGB triples."""
-  palette = []
-  for i in range(256):
-    r = g = b = 0
-    c = i
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    palette += [r, g, b]
-  return palette
 
 
 def save_palette_png(array: np.ndarray, path: Path):
