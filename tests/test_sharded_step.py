@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 from configs.base import get_base_config
 from revisit_jax import method, queues
 from revisit_jax.sharding import AXIS, make_mesh
-from revisit_jax.train_step import check_batch, make_train_step
+from revisit_jax.train_state import create_train_state
+from revisit_jax.train_step import check_batch, make_gradients, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = ('1x8', '2x4', '4x2', '8x1', '1x2', '2x1')  # devices x BN groups per device
@@ -168,3 +169,19 @@ def test_shuffled_keys_come_back_in_image_order():
                                     prepare(crops, ids))
   np.testing.assert_allclose(k, want_k, atol=1e-5)
   np.testing.assert_allclose(h, want_h, atol=1e-5)
+
+
+def test_knn_loss_is_off_during_warmup_epochs_and_on_after():
+  c = small_config()
+  c.method.knn_warmup_epochs, c.model.dtype = 2, 'float32'
+  mesh = make_mesh(jax.devices()[:1])
+  gradients = jax.jit(make_gradients(c, mesh, steps_per_epoch=3, augment=False))
+  state = create_train_state(c, mesh, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {'large': rng.integers(0, 256, (16, 2, 32, 32, 3), np.uint8),
+           'small': rng.integers(0, 256, (16, 4, 16, 16, 3), np.uint8),
+           'image_id': np.arange(16, dtype=np.int32)}
+  for step, weight in ((5, 0.0), (6, c.method.knn_weight)):  # epoch 1: warm-up; epoch 2: on
+    m = gradients(state.replace(step=jnp.int32(step)), batch)[1]['metrics']
+    assert float(m['knn']) > 0
+    np.testing.assert_allclose(m['loss'], m['infonce'] + weight * m['knn'], rtol=1e-6)
