@@ -10,6 +10,7 @@ of N threads with one thread per op, so images/s per worker is images/s per core
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import shutil
@@ -17,10 +18,15 @@ import statistics
 import tempfile
 import time
 
-LAYOUTS = {  # (crop groups, constrained, AutoAugment crop ids), as configs/ours and configs/moco
-  'ours': ((('large', 2, 160, (0.2, 1.0)), ('small', 4, 96, (0.05, 0.14))), True, (0, 2, 3, 4, 5)),
-  'moco': ((('large', 2, 224, (0.2, 1.0)),), False, ()),
-}
+CONFIGS = {'ours': 'configs.ours_800ep', 'moco': 'configs.moco_800ep'}
+
+
+def layout_config(name: str):
+  """(crop groups, constrained, AutoAugment crop ids) of the pretraining config `name`."""
+  from input_pipeline.crops import layout_of
+
+  config = importlib.import_module(CONFIGS[name]).get_config()
+  return layout_of(config), config.crops.constrained, tuple(config.crops.autoaugment_crops)
 
 
 def sample_jpeg_folder(root: str, copies: int = 128) -> str:
@@ -45,7 +51,7 @@ def time_cpu_stage(
   """
   from input_pipeline import pipeline, sources
 
-  layout, constrained, _ = LAYOUTS[layout_name]
+  layout, constrained, _ = layout_config(layout_name)
   it = pipeline.TrainIterator(
     sources.folder_source(source_dir),
     layout=layout,
@@ -73,7 +79,7 @@ def time_augment(batch: dict, layout_name: str, repeats: int = 5):
 
   from revisit_jax.augment import augment_crops
 
-  layout, _, autoaugment = LAYOUTS[layout_name]
+  layout, _, autoaugment = layout_config(layout_name)
   groups, first = [], 0
   for name, count, _, _ in layout:
     groups.append((name, tuple(range(first, first + count))))
@@ -103,7 +109,7 @@ def main(argv=None):
   parser.add_argument(
     '--workers', type=int, default=None, help='tf.data threads (default: tf.data decides)'
   )
-  parser.add_argument('--layout', choices=sorted(LAYOUTS), default='ours')
+  parser.add_argument('--layout', choices=sorted(CONFIGS), default='ours')
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--seconds', type=float, default=20.0)
   parser.add_argument(

@@ -27,6 +27,15 @@ DRAWS = 10  # draws per constrained crop before an unconstrained one
 MIN_COVER = 0.1  # part of a constrained crop that must lie inside the key crop
 
 
+def layout_of(config) -> tuple:
+  """A pretraining config's crop groups: 2 large crops (query, key), then the small ones."""
+  c = config.crops
+  layout = (('large', 2, c.large_size, tuple(c.large_scale)),)
+  if c.num_small:
+    layout += (('small', c.num_small, c.small_size, tuple(c.small_scale)),)
+  return layout
+
+
 def check_layout(layout, constrained: bool) -> None:
   """Raise ValueError naming the bad group of a crop layout."""
   if not layout:

@@ -12,10 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _normalize(x):
-  x = jnp.asarray(x, jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from revisit_jax.method import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=('ks', 'num_classes'))
@@ -47,9 +44,9 @@ def knn_predict(train_features, train_labels, test_features, *, ks: Sequence[int
     raise ValueError(f'k={ks} must lie in 1..{len(train_labels)} (the number of train features)')
   if train_labels.min() < 0 or train_labels.max() >= num_classes:
     raise ValueError(f'train labels must lie in 0..{num_classes - 1}')
-  bank = _normalize(train_features)
+  bank = l2_normalize(jnp.asarray(train_features, jnp.float32))
   bank_labels = jnp.asarray(train_labels, jnp.int32)
-  queries = _normalize(test_features)
+  queries = l2_normalize(jnp.asarray(test_features, jnp.float32))
   n = queries.shape[0]
   batch_size = min(batch_size, n)
   preds = []

@@ -35,15 +35,6 @@ class NonFiniteLoss(RunError):
   pass
 
 
-def crop_layout(config) -> tuple:
-  """The input pipeline's crop groups: 2 large crops (query, key), then the small ones."""
-  c = config.crops
-  layout = (('large', 2, c.large_size, tuple(c.large_scale)),)
-  if c.num_small:
-    layout += (('small', c.num_small, c.small_size, tuple(c.small_scale)),)
-  return layout
-
-
 def open_data(config):
   """The training source; a bad spec or path becomes a RunError naming config.data.source."""
   from input_pipeline import sources
@@ -245,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   latest = check_resumable(workdir, config)
   splits = open_monitor(config)
 
-  from input_pipeline import pipeline
+  from input_pipeline import crops, pipeline
   processes, devices = jax.process_count(), mesh.devices.size
   local_batch = config.data.global_batch // processes
   steps_per_epoch = pipeline.steps_per_epoch(len(source), local_batch, processes)
@@ -261,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
       print(f'Resuming from step {latest} in {workdir}', flush=True)
   step = int(state.step)
   iterator = pipeline.create_train_iterator(
-      source, layout=crop_layout(config), constrained=config.crops.constrained,
+      source, layout=crops.layout_of(config), constrained=config.crops.constrained,
       batch_size=local_batch, seed=config.data.seed,
       start=divmod(step, steps_per_epoch), workers=config.data.workers or None)
   batches = as_device_batches(iterator, mesh)
