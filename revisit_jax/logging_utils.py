@@ -1,9 +1,7 @@
 """What a run writes while it trains: a progress bar, TensorBoard events, metrics.jsonl.
 
 Only process 0 writes; elsewhere the writer does nothing, so the loop calls it everywhere.
-clu's metric writers would do, but importing them needs the `tensorboard` package (as does
-tf.summary.scalar); TensorFlow's core summary op with the scalars plugin's metadata writes
-the same event files without it.
+TensorBoard events come from clu's default metric writer (`tensorboard --logdir WORKDIR`).
 """
 
 import json
@@ -17,19 +15,17 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 class MetricWriter:
-  """Scalars to WORKDIR/metrics.jsonl ({"step": s, name: value, ...} per line) and to
-  TensorBoard event files in WORKDIR, on process 0 only."""
+  """Scalars to TensorBoard event files in WORKDIR and to WORKDIR/metrics.jsonl
+  ({"step": s, name: value, ...} per line), on process 0 only."""
 
   def __init__(self, workdir):
     self._active = jax.process_index() == 0
     if not self._active:
       return
-    from input_pipeline.sources import import_tf  # TensorFlow lives there, kept off the GPUs
-    self._tf = import_tf()
-    from tensorflow.core.framework import summary_pb2
-    self._metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
-    self._events = self._tf.summary.create_file_writer(str(workdir))
+    from input_pipeline.sources import import_tf
+    import_tf()  # clu's summary writer imports TensorFlow: hide the GPUs from it first
+    from clu import metric_writers
+    self._events = metric_writers.create_default_writer(str(workdir))
     self._jsonl = open(Path(workdir) / METRICS_FILE, 'a')
 
   def write_scalars(self, step: int, scalars: dict):
@@ -38,11 +34,7 @@ class MetricWriter:
     values = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
-    tf = self._tf
-    with self._events.as_default():
-      for name, value in values.items():
-        tf.summary.write(name, tf.constant(value, tf.float32), step=int(step),
-                         metadata=self._metadata)
+    self._events.write_scalars(int(step), values)
 
   def close(self):
     if self._active:

@@ -63,15 +63,33 @@ def report(summary: dict) -> None:
   print(json.dumps(summary))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a mistyped --config.FIELD ends in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+  except (AttributeError, KeyError) as e:  # ml_collections on a field the config lacks
+    while isinstance(e, BaseException) and e.args:  # the KeyError inside the AttributeError
+      e = e.args[0]
+    hint = ' '.join(str(e).split())
+    given = [a for a in argv[1:] if a.startswith('--config.')]
+    sys.exit(f'error: unknown config field in {" ".join(given)}: {hint}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # orbax's INFO lines would bury the progress bar
     logging.set_verbosity(logging.WARNING)
+  try:
+    config = _CONFIG.value.lock()  # a config file that failed to load raises here
+  except OSError as e:
+    sys.exit(f'error: --config: {" ".join(str(e).split())}')
   init_distributed()
   from revisit_jax import train
   try:
-    summary = train.train(_CONFIG.value, _WORKDIR.value)
+    summary = train.train(config, _WORKDIR.value)
   except train.RunError as e:
     sys.exit(f'error: {e}')
   if jax.process_index() == 0:
@@ -79,4 +97,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

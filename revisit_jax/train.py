@@ -214,16 +214,25 @@ def final_knn(config, mesh, state, splits) -> dict:
           'step': int(state.step)}
 
 
-def export_weights(workdir: Path, config) -> str:
-  """torchvision weights of the latest checkpoint beside checkpoints/ (safetensors without torch)."""
-  from converters.export_torch import export
+def export_weights(workdir: Path, config, state) -> str:
+  """The query encoder as torchvision weights beside checkpoints/ (safetensors without torch).
+
+  Taken from the parameters in memory, which every process holds whole, and written by
+  process 0: the same on one host or many.
+  """
+  from converters.export_torch import write
+  from converters.mapping import flax_to_torch
+  from converters.torch_files import TorchWeights
   try:
     import torch  # noqa: F401  (the .pth writer needs it)
     suffix = 'pth'
   except ImportError:
     suffix = 'safetensors'
   out = workdir / f'{config.model.arch}_torchvision.{suffix}'
-  export(workdir, out, fmt='torchvision')
+  params, stats = jax.device_get(monitor.local_copy((state.params, state.batch_stats)))
+  weights = TorchWeights(path=str(workdir), layout='moco', encoder_q=flax_to_torch(params, stats))
+  if jax.process_index() == 0:
+    write(weights.backbone(), out)
   return str(out)
 
 
@@ -320,9 +329,6 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
     summary['knn'] = final_knn(config, mesh, state, splits)
     if jax.process_index() == 0:
       (workdir / FINAL_KNN_FILE).write_text(json.dumps(summary['knn'], indent=2) + '\n')
-  if config.train.export_torch and jax.process_count() == 1:
-    summary['export'] = export_weights(workdir, config)
-  elif config.train.export_torch and jax.process_index() == 0:
-    print(f'Export skipped on {jax.process_count()} processes; on one machine run: python -m '
-          f'converters.export_torch {workdir} --out {config.model.arch}_torchvision.pth')
+  if config.train.export_torch:
+    summary['export'] = export_weights(workdir, config, state)
   return summary

@@ -5,6 +5,9 @@ import socket
 import subprocess
 
 import numpy as np
+import torch
+
+from converters.export_torch import export
 
 from test_main import ROOT, arrays, command, env, logged_steps, overrides
 
@@ -26,7 +29,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
   coordinator = f'--coordinator_address=localhost:{free_port()}'
   procs = [subprocess.Popen(
       command(tmp_path / 'two', coordinator, '--num_processes=2', f'--process_id={i}',
-              fields=fields),
+              fields=fields + ['--config.train.export_torch=True']),
       cwd=ROOT, env=env(cache, devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   try:
@@ -56,3 +59,11 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     want_array = want_array.astype(np.float64)
     scale = np.abs(want_array).max() + 1e-6
     assert np.abs(got_state[name] - want_array).max() <= 2e-2 * scale, name
+
+  # Process 0 exported the trained weights from memory: they equal the checkpoint's export.
+  exported = torch.load(tmp_path / 'two' / 'resnet18_torchvision.pth', weights_only=True)
+  export(tmp_path / 'two', tmp_path / 'from_checkpoint.pth')
+  reference = torch.load(tmp_path / 'from_checkpoint.pth', weights_only=True)
+  assert sorted(exported) == sorted(reference)
+  for key, tensor in reference.items():
+    assert torch.equal(exported[key], tensor), key
