@@ -1,11 +1,12 @@
 """Input throughput: CPU-stage images/s (decode + crops) and on-device augmentation time per batch.
 
     python -m input_pipeline.benchmark [--source DIR] [--workers N] [--layout ours|moco]
-                                       [--batch 256] [--seconds S]
+                                       [--batch 256] [--seconds S] [--parts]
 
 Prints one JSON line. Without --source it times copies of the two 427x640 JPEGs that
 scikit-learn ships (china.jpg, flower.jpg). With --workers N, tf.data runs on a private pool
-of N threads with one thread per op, so images/s per worker is images/s per core.
+of N threads with one thread per op, so images/s per worker is images/s per core. --parts
+adds the CPU milliseconds per image of decoding, crop boxes and resizing (one thread).
 """
 
 import argparse
@@ -73,6 +74,39 @@ def time_cpu_stage(
   return images / wall, images / cpu, last
 
 
+def time_parts(path: str, layout_name: str, batches: int = 10, batch: int = 32) -> dict:
+  """CPU ms per image of decoding, crop boxes and resizing one image file, on one tf.data thread."""
+  from input_pipeline import crops, pipeline, sources
+
+  tf = sources.import_tf()
+  layout, constrained, _ = layout_config(layout_name)
+  data = tf.io.read_file(path)
+
+  def decode(i):
+    return sources.decode_file_bytes(data), tf.stack([tf.constant(0, tf.int64), i])
+
+  def boxes(i):
+    image, seed = decode(i)
+    return crops.crop_boxes(seed, tf.shape(image)[0], tf.shape(image)[1], layout, constrained)
+
+  stages = {
+    'decode': lambda i: decode(i)[0][:1, :1],  # a corner only: no time spent returning it
+    'boxes': boxes,
+    'resize': lambda i: crops.multi_crop(*decode(i), layout, constrained),
+  }
+  out, previous = {}, 0.0
+  for name, fn in stages.items():
+    ds = tf.data.Dataset.range((batches + 1) * batch).map(fn).batch(batch)
+    it = iter(ds.with_options(pipeline.tf_options(1)))
+    next(it)  # warm-up
+    start = time.process_time()
+    for _ in it:
+      pass
+    total = (time.process_time() - start) / (batches * batch) * 1e3
+    out[f'{name}_ms'], previous = round(total - previous, 3), total
+  return out
+
+
 def time_augment(batch: dict, layout_name: str, repeats: int = 5):
   """Median milliseconds of jitted ``augment_crops`` over every crop group of ``batch``."""
   import jax
@@ -113,6 +147,9 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--seconds', type=float, default=20.0)
   parser.add_argument(
+    '--parts', action='store_true', help='also time decode, boxes and resize per image'
+  )
+  parser.add_argument(
     '--no-augment', action='store_true', help='skip the on-device augmentation timing'
   )
   args = parser.parse_args(argv)
@@ -122,6 +159,11 @@ def main(argv=None):
     rate, cpu_rate, batch = time_cpu_stage(
       source, args.layout, args.batch, args.workers, args.seconds
     )
+    parts = None
+    if args.parts:
+      from input_pipeline import sources
+
+      parts = time_parts(sources.folder_source(source).describe(0), args.layout)
   result = {
     'layout': args.layout,
     'batch': args.batch,
@@ -130,6 +172,7 @@ def main(argv=None):
     'cpu_images_per_s': round(rate, 1),
     'cpu_images_per_s_per_core': round(rate / args.workers, 1) if args.workers else None,
     'cpu_images_per_cpu_s': round(cpu_rate, 1),
+    'cpu_ms_per_image_parts': parts,
     'cpu_count': os.cpu_count(),
     'load_average_1min': round(os.getloadavg()[0], 2),
     'augment_ms_per_batch': None,

@@ -7,10 +7,12 @@ per-image stateless seed, so the crops of an image do not depend on tf.data para
 Resizing: the original ran torchvision on PIL images (bilinear, antialiased when
 shrinking). We slice the box and call ``tf.image.resize(..., antialias=True)``, which uses the
 same triangle filter widened by the scale factor. It computes in float32 and rounds once,
-where PIL rounds to uint8 after each of its two separable passes, so 10-20 % of the pixels
-differ by one grey level, none by more (tests/test_crops.py). This resize is over half of
-the CPU stage's time; ``tf.image.crop_and_resize`` is about 2.5x faster but does not
-antialias, so shrinking a 500 px crop to 96 px would alias.
+where PIL rounds to uint8 after each of its two separable passes, so ~13 % of the pixels
+differ by one grey level, none by more (tests/test_crops.py). This resize is over half of the
+CPU stage's time. A resize written as two blocked matrix products with PIL's weights took
+~20 % less CPU on the crops alone but gained nothing measurable end to end, and
+``tf.image.crop_and_resize`` is ~2.5x faster but does not antialias, so shrinking a 500 px
+crop to 96 px would alias (BENCHMARKS.md).
 
 A layout is a tuple of groups ``(name, count, size, (min_area, max_area))``, e.g.
 ``(('large', 2, 160, (0.2, 1.0)), ('small', 4, 96, (0.05, 0.14)))``. Crops are numbered
@@ -65,11 +67,11 @@ def check_layout(layout, constrained: bool) -> None:
 
 
 def _pick_first(ok, values):
-  """values[..., k] at the first k where ok[..., k]; rows without any are arbitrary."""
+  """values[..., k, :] at the first k where ok[..., k]; rows without any are arbitrary."""
   onehot = tf.one_hot(
     tf.argmax(tf.cast(ok, tf.int32), axis=-1), tf.shape(ok)[-1], dtype=values.dtype
   )
-  return tf.reduce_sum(values * onehot, axis=-1)
+  return tf.reduce_sum(values * onehot[..., None], axis=-2)
 
 
 def rrc_boxes(seed, height, width, shape, scale, ratio=RATIO):
@@ -93,7 +95,7 @@ def rrc_boxes(seed, height, width, shape, scale, ratio=RATIO):
   pos = tf.random.stateless_uniform(tries + (2,), s_pos, 0.0, 1.0, tf.float64)
   top = tf.minimum(tf.floor(pos[..., 0] * (H - h + 1)), H - h)  # torch.randint(0, H - h + 1)
   left = tf.minimum(tf.floor(pos[..., 1] * (W - w + 1)), W - w)
-  drawn = tf.stack([_pick_first(ok, v) for v in (top, left, h, w)], axis=-1)
+  drawn = _pick_first(ok, tf.stack([top, left, h, w], axis=-1))
 
   in_ratio = W / H
   fw = tf.where(in_ratio > ratio[1], tf.round(H * ratio[1]), W)
@@ -123,8 +125,8 @@ def constrained_boxes(seed, height, width, key_box, count, scale, ratio=RATIO):
   s_draw, s_free = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   cand, cand_centred = rrc_boxes(s_draw, height, width, (count, DRAWS), scale, ratio)
   ok = _overlap_area(cand, key_box) >= MIN_COVER * cand[..., 2] * cand[..., 3]
-  chosen = tf.stack([_pick_first(ok, cand[..., k]) for k in range(4)], axis=-1)
-  chosen_centred = _pick_first(ok, tf.cast(cand_centred, tf.float64)) > 0
+  chosen = _pick_first(ok, tf.concat([cand, tf.cast(cand_centred, tf.float64)[..., None]], -1))
+  chosen, chosen_centred = chosen[:, :4], chosen[:, 4] > 0
   free, free_centred = rrc_boxes(s_free, height, width, (count,), scale, ratio)
   found = tf.reduce_any(ok, axis=-1)
   boxes = tf.where(found[:, None], chosen, free)
@@ -152,18 +154,21 @@ def crop_boxes(seed, height, width, layout, constrained: bool):
   return out
 
 
-def resized_crop(image, box, size: int):
-  """Crop uint8 [H, W, 3] to box (top, left, height, width), resize to [size, size, 3] uint8."""
-  crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
-  out = tf.image.resize(crop, (size, size), method='bilinear', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+def resized_crops(image, boxes, size: int):
+  """uint8 [n, size, size, 3]: the crops of uint8 [H, W, 3] resized as PIL's antialiased bilinear.
+
+  ``boxes``: int32 [n, 4] (top, left, height, width) with a static n.
+  """
+  out = []
+  for k in range(boxes.shape[0]):
+    top, left, height, width = tf.unstack(boxes[k])
+    crop = image[top : top + height, left : left + width]
+    out.append(tf.image.resize(crop, (size, size), method='bilinear', antialias=True))
+  return tf.cast(tf.clip_by_value(tf.round(tf.stack(out)), 0.0, 255.0), tf.uint8)
 
 
 def multi_crop(image, seed, layout, constrained: bool):
   """All crops of one decoded image: {name: uint8 [count, size, size, 3]}."""
   shape = tf.shape(image)
   boxes = crop_boxes(seed, shape[0], shape[1], layout, constrained)
-  return {
-    name: tf.stack([resized_crop(image, boxes[name][0][k], size) for k in range(count)])
-    for name, count, size, _ in layout
-  }
+  return {name: resized_crops(image, boxes[name][0], size) for name, _, size, _ in layout}

@@ -1,4 +1,4 @@
-"""Crop sampling and resizing against torchvision (get_params, resized_crop on PIL images)."""
+"""Crop sampling and resizing against torchvision (get_params; resized_crop on PIL images and on tensors)."""
 
 import numpy as np
 import pytest
@@ -170,26 +170,49 @@ def _test_image(height=48, width=64):
   return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize(
-  'box,size',
-  [((3, 5, 40, 50), 16), ((2, 4, 10, 12), 32), ((0, 0, 48, 64), 48), ((5, 7, 33, 21), 20)],
-)
-def test_resized_crop_close_to_torchvision_pil(box, size):
+# One group per size: crops of different sizes, some at the image edges, one of a single pixel.
+GROUPS = [
+  (((3, 5, 40, 50), (0, 50, 30, 14), (10, 0, 21, 33)), 16),
+  (((2, 4, 10, 12), (40, 60, 8, 4)), 32),
+  (((0, 0, 48, 64),), 48),
+  (((5, 7, 33, 21), (1, 43, 47, 21), (0, 0, 1, 1)), 20),
+]
+
+
+@pytest.mark.parametrize('boxes,size', GROUPS)
+def test_resized_crops_close_to_torchvision_pil(boxes, size):
   img = _test_image()
-  ref = np.asarray(
-    TF.resized_crop(
-      Image.fromarray(img),
-      *box,
-      [size, size],
-      interpolation=T.InterpolationMode.BILINEAR,
-      antialias=True,
+  ours = crops.resized_crops(tf.constant(img), tf.constant(boxes, tf.int32), size).numpy()
+  assert ours.dtype == np.uint8 and ours.shape == (len(boxes), size, size, 3)
+  for k, box in enumerate(boxes):
+    ref = np.asarray(
+      TF.resized_crop(
+        Image.fromarray(img),
+        *box,
+        [size, size],
+        interpolation=T.InterpolationMode.BILINEAR,
+        antialias=True,
+      )
     )
-  )
-  ours = crops.resized_crop(tf.constant(img), tf.constant(box), size).numpy()
-  assert ours.dtype == np.uint8 and ours.shape == (size, size, 3)
-  diff = np.abs(ours.astype(int) - ref.astype(int))
-  # PIL rounds to uint8 between its two separable passes, we round once: 1 grey level at most.
-  assert diff.max() <= 1 and diff.mean() < 0.3, (diff.max(), diff.mean())
+    diff = np.abs(ours[k].astype(int) - ref.astype(int))
+    # PIL rounds to uint8 between its two separable passes, we round once: 1 grey level at most.
+    assert diff.max() <= 1 and diff.mean() < 0.3, (box, diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize('boxes,size', GROUPS)
+def test_resized_crops_equal_torchvision_float_antialias(boxes, size):
+  """torchvision's tensor resize uses PIL's filter in float with one rounding, like ours: they
+  differ only where the float64 value is a rounding tie (x.5) up to float32 error."""
+  img = _test_image()
+  ours = crops.resized_crops(tf.constant(img), tf.constant(boxes, tf.int32), size).numpy()
+  chw = torch.from_numpy(img).permute(2, 0, 1).double()
+  for k, box in enumerate(boxes):
+    ref = TF.resized_crop(chw, *box, [size, size], antialias=True)
+    ref = ref.clamp(0, 255).permute(1, 2, 0).numpy()
+    diff = np.abs(ours[k] - ref)
+    near_tie = np.abs(np.abs(ref - np.round(ref)) - 0.5) < 1e-3
+    assert diff.max() <= 0.5 + 1e-3, (box, diff.max())
+    assert (diff[~near_tie] < 0.5).all(), box
 
 
 def test_multi_crop_shapes_determinism_and_content():

@@ -358,10 +358,12 @@ def test_benchmark_prints_one_json_line(tmp_path, capsys):
   for k in range(4):
     Image.fromarray(_rgb(rng, 48, 64)).save(tmp_path / f'{k}.jpg')
   args = ['--source', str(tmp_path), '--workers', '1', '--batch', '2', '--seconds', '0.5']
-  benchmark.main(args + ['--layout', 'moco', '--no-augment'])
+  benchmark.main(args + ['--layout', 'moco', '--no-augment', '--parts'])
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 1
   result = json.loads(lines[0])
   assert result['layout'] == 'moco' and result['workers'] == 1
   assert result['cpu_images_per_s'] > 0 and result['cpu_images_per_s_per_core'] > 0
   assert result['augment_ms_per_batch'] is None and 'no-augment' in result['augment_note']
+  assert sorted(result['cpu_ms_per_image_parts']) == ['boxes_ms', 'decode_ms', 'resize_ms']
+  assert result['cpu_ms_per_image_parts']['decode_ms'] > 0
