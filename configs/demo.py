@@ -14,7 +14,8 @@ Known problem, open (issue #5): the learned features do not yet beat the initial
 photometric chain alone moves an image's embedding about as far as another digit is
 (cosine of two views 0.62, of two different images 0.57), so the positive pair carries
 almost no signal; within the demo's 330 steps the network does not find the shape features
-and its InfoNCE top-1 stays at 1-8 %. Neither T 0.07-0.2, lr 0.005-0.2, K 256/1024,
+and its InfoNCE top-1 stays at 1-8 %; with MoCo v2 the loss settles at exactly log(K + 1),
+i.e. all embeddings alike, which is the loss's optimum when positives cannot be told apart. Neither T 0.07-0.2, lr 0.005-0.2, K 256/1024,
 momentum 0.9/0.99, milder crop scales, MoCo v2 instead of 'ours', grey or randomly coloured
 digits, 64 px crops nor 60 epochs lifted the learned kNN above the initial network's.
 A finite-difference check of the whole step's gradient and the positive-key alignment
