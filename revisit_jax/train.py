@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from revisit_jax import checkpoint, logging_utils, monitor, sharding, train_state, train_step
@@ -89,19 +90,10 @@ def validate(config, mesh, num_images: int) -> None:
     raise RunError('invalid config:\n  ' + '\n  '.join(problems))
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def run_differences(saved: dict, config) -> list[str]:
   """'field: checkpoint X, now Y' for every run-defining field that differs."""
-  before, now = _flatten(saved), _flatten(json.loads(config.to_json()))
+  before = traverse_util.flatten_dict(saved, sep='.')
+  now = traverse_util.flatten_dict(json.loads(config.to_json()), sep='.')
   absent = '<absent>'
   out = []
   for key in sorted(set(before) | set(now)):
@@ -229,9 +221,10 @@ def export_weights(workdir: Path, config, state) -> str:
   except ImportError:
     suffix = 'safetensors'
   out = workdir / f'{config.model.arch}_torchvision.{suffix}'
-  params, stats = jax.device_get(monitor.local_copy((state.params, state.batch_stats)))
-  weights = TorchWeights(path=str(workdir), layout='moco', encoder_q=flax_to_torch(params, stats))
   if jax.process_index() == 0:
+    params, stats = jax.device_get(monitor.local_copy((state.params, state.batch_stats)))
+    weights = TorchWeights(path=str(workdir), layout='moco',
+                           encoder_q=flax_to_torch(params, stats))
     write(weights.backbone(), out)
   return str(out)
 
