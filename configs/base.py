@@ -12,6 +12,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.arch = 'resnet50'          # resnet18 / 34 / 50 / 101 (torchvision layout)
   c.model.width = 64                 # 64 is torchvision's; smaller only for tests and the demo
+  c.model.stem = 'imagenet'          # or 'cifar' (3x3 stride-1 conv1, no max-pool: 32 px images)
   c.model.head_hidden_dim = 2048
   c.model.embed_dim = 128
   c.model.dtype = 'bfloat16'         # compute dtype; parameters and BN statistics stay float32

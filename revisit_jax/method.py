@@ -18,7 +18,7 @@ def build_encoder(config: ml_collections.ConfigDict) -> Encoder:
   """ResNet + MLP head in the config's compute dtype, BN split into config.data.bn_groups."""
   dtype = jnp.dtype(config.model.dtype)
   backbone = resnet(config.model.arch, dtype=dtype, bn_groups=config.data.bn_groups,
-                    width=config.model.width)
+                    width=config.model.width, stem=config.model.stem)
   head = ProjectionHead(config.model.head_hidden_dim, config.model.embed_dim, dtype)
   return Encoder(backbone=backbone, head=head)
 

@@ -19,6 +19,7 @@ from revisit_jax.sharding import AXIS
 from revisit_jax.train_state import TrainState, make_optimizer, make_schedule
 
 KINDS = ('ours', 'moco')
+STEMS = ('imagenet', 'cifar')
 
 
 def check_config(config: ml_collections.ConfigDict, mesh) -> None:
@@ -46,6 +47,8 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   if m.kind == 'ours' and m.knn_topk > m.queue_size // devices:
     raise ValueError(f'config.method.knn_topk={m.knn_topk} exceeds the {m.queue_size // devices} '
                      f'queue rows per device')
+  if config.model.stem not in STEMS:
+    raise ValueError(f'config.model.stem={config.model.stem!r}: expected one of {STEMS}')
   for field, value in (('model.dtype', config.model.dtype),
                        ('method.backbone_queue_dtype', m.backbone_queue_dtype)):
     if value not in ('float32', 'bfloat16'):

@@ -107,6 +107,7 @@ def demo_with(**fields):
     ({'method__queue_size': 1000}, 'not a multiple of config.data.global_batch'),
     ({'method__knn_warmup_epochs': 10**6}, 'knn_warmup_epochs'),
     ({'method__kind': 'simclr'}, 'config.method.kind'),
+    ({'model__stem': 'tiny'}, 'config.model.stem'),
     ({'train__num_steps': 10**9}, 'config.train.num_steps'),
     ({'monitor__source': ''}, 'config.monitor.source'),
     ({'data__global_batch': 4096, 'method__queue_size': 8192}, 'fewer than one batch'),

@@ -70,6 +70,27 @@ def test_eval_mode_matches_torchvision_stage_by_stage(arch, dilation):
     assert relative_error(got[name], value) < 1e-4, name
 
 
+def test_cifar_stem_matches_torchvision_with_small_image_stem():
+  """stem='cifar' is torchvision's ResNet with a 3x3 stride-1 conv1 and no max-pool."""
+  model = random_torch_resnet('resnet18')
+  model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+  model.maxpool = torch.nn.Identity()
+  model.eval()
+  x = np.random.RandomState(4).randn(2, 32, 32, 3).astype(np.float32)
+  expected = torch_stages(model, x)
+  flax_model, params, stats = flax_from_torch(model, 'resnet18', (False, False, False),
+                                              stem='cifar')
+  got = flax_model.apply({'params': params, 'batch_stats': stats}, x, train=False)
+  assert got['stem'].shape == (2, 32, 32, 64)
+  for name, value in expected.items():
+    assert relative_error(got[name], value) < 1e-4, name
+
+
+def test_unknown_stem_is_refused():
+  with pytest.raises(ValueError, match="stem 'tiny'"):
+    resnet('resnet18', stem='tiny').init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
 @pytest.mark.parametrize('arch,dilation', [CASES[0], CASES[2]])
 def test_train_mode_outputs_and_running_statistics_match_torchvision(arch, dilation):
   """Batch statistics amplify float32 rounding layer by layer (torchvision's own float32

@@ -81,7 +81,10 @@ class ResNet(nn.Module):
 
   `replace_stride_with_dilation` follows torchvision (one flag each for layer2..4);
   `num_stages=3` drops layer4 (the DAVIS feature extractor); `width` below 64 makes
-  the tiny networks that tests and the CPU demo use.
+  the tiny networks that tests and the CPU demo use. `stem='cifar'` is the small-image
+  stem of MoCo's CIFAR demo (3x3 stride-1 conv1, no max-pool), so 32 px crops keep their
+  detail; in torchvision it is `conv1 = Conv2d(3, width, 3, 1, 1, bias=False)`,
+  `maxpool = Identity()`.
   """
   block: Any
   stage_sizes: Sequence[int]
@@ -91,14 +94,20 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   return_stages: bool = False
   width: int = 64
+  stem: str = 'imagenet'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     stages = {}
-    x = conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)
+    if self.stem not in ('imagenet', 'cifar'):
+      raise ValueError(f"unknown stem {self.stem!r}; known: 'imagenet', 'cifar'")
+    imagenet = self.stem == 'imagenet'
+    x = conv(self.width, 7 if imagenet else 3, 2 if imagenet else 1, name='conv1',
+             dtype=self.dtype)(x)
     x = nn.relu(BatchNorm(groups=self.bn_groups, dtype=self.dtype, name='bn1')(x, train))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    if imagenet:
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     stages['stem'] = x
 
     in_channels, dilation = self.width, 1
