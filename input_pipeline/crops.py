@@ -154,6 +154,12 @@ def crop_boxes(seed, height, width, layout, constrained: bool):
   return out
 
 
+def pil_bilinear(image, size):
+  """uint8 image resized to `size` (height, width) as PIL's antialiased bilinear, rounded once."""
+  out = tf.image.resize(image, size, method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
 def resized_crops(image, boxes, size: int):
   """uint8 [n, size, size, 3]: the crops of uint8 [H, W, 3] resized as PIL's antialiased bilinear.
 
@@ -162,9 +168,8 @@ def resized_crops(image, boxes, size: int):
   out = []
   for k in range(boxes.shape[0]):
     top, left, height, width = tf.unstack(boxes[k])
-    crop = image[top : top + height, left : left + width]
-    out.append(tf.image.resize(crop, (size, size), method='bilinear', antialias=True))
-  return tf.cast(tf.clip_by_value(tf.round(tf.stack(out)), 0.0, 255.0), tf.uint8)
+    out.append(pil_bilinear(image[top : top + height, left : left + width], (size, size)))
+  return tf.stack(out)
 
 
 def multi_crop(image, seed, layout, constrained: bool):

@@ -8,7 +8,7 @@ once, in dataset order; the last batch may be smaller. Unreadable files are skip
 
 import numpy as np
 
-from input_pipeline import pipeline, sources
+from input_pipeline import crops, pipeline, sources
 
 
 def resize_centre_crop(image, resize: int, crop: int):
@@ -22,11 +22,10 @@ def resize_centre_crop(image, resize: int, crop: int):
   )
   new_h = tf.where(h <= w, resize, new_long)
   new_w = tf.where(h <= w, new_long, resize)
-  out = tf.image.resize(image, tf.stack([new_h, new_w]), method='bilinear', antialias=True)
+  out = crops.pil_bilinear(image, tf.stack([new_h, new_w]))
   top = tf.cast(tf.round(tf.cast(new_h - crop, tf.float64) / 2), tf.int32)
   left = tf.cast(tf.round(tf.cast(new_w - crop, tf.float64) / 2), tf.int32)
-  out = out[top : top + crop, left : left + crop]
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  return out[top : top + crop, left : left + crop]
 
 
 def eval_batches(
