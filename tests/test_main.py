@@ -6,6 +6,7 @@ config compile once.
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -155,6 +156,15 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(full_run, cache, tmp_
   after = {s['step']: s['loss'] for s in logged_steps(workdir) if s['step'] > stopped}
   assert sorted(after) == list(range(stopped + 1, STEPS + 1))
   np.testing.assert_allclose([after[s] for s in after], [full[s] for s in after], rtol=1e-6)
+
+
+def test_checkpoint_reads_back_without_warnings(full_run, caplog):
+  """The restore template comes from the checkpoint's own metadata, not a missing file."""
+  workdir, _ = full_run
+  with caplog.at_level(logging.WARNING):
+    state, meta = checkpoint.restore(workdir)
+  assert meta['step'] == STEPS and int(state['step']) == STEPS
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_workdir_of_another_config_is_refused(full_run, cache):
