@@ -2,9 +2,12 @@
 
   python -m revisit_jax.benchmark --config configs/ours_800ep.py
   python -m revisit_jax.benchmark --config configs/moco_800ep.py --config.data.bn_groups=1
+  python -m revisit_jax.benchmark --config configs/ours_800ep.py --augment_share
 
 Runs on whatever devices JAX sees, with no TensorFlow and no dataset, and prints one JSON
 line: images/s (global and per device), ms per step, compile seconds, peak device memory.
+--augment_share also times the same step fed crops that skip the on-device augmentation,
+and reports the fraction of the step the augmentation takes.
 """
 
 import json
@@ -38,9 +41,9 @@ def peak_memory_bytes(devices) -> int | None:
   return max(peaks) if all(p is not None for p in peaks) else None
 
 
-def benchmark(config, steps: int, warmup: int) -> dict:
+def benchmark(config, steps: int, warmup: int, augment: bool = True) -> dict:
   mesh = make_mesh()
-  step_fn = make_train_step(config, mesh, steps_per_epoch=1000)
+  step_fn = make_train_step(config, mesh, steps_per_epoch=1000, augment=augment)
   state = create_train_state(config, mesh, jax.random.key(0))
   batch = synthetic_batch(config, mesh)
 
@@ -74,11 +77,18 @@ def benchmark(config, steps: int, warmup: int) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup)))
+  config, steps, warmup = flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup
+  result = benchmark(config, steps, warmup)
+  if flags.FLAGS.augment_share:
+    plain_ms = benchmark(config, steps, warmup, augment=False)['step_ms']
+    result.update(step_ms_without_augment=plain_ms,
+                  augment_share=round(1 - plain_ms / result['step_ms'], 3))
+  print(json.dumps(result))
 
 
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', 'configs/ours_800ep.py', 'the run to benchmark')
   flags.DEFINE_integer('steps', 20, 'timed steps')
   flags.DEFINE_integer('warmup', 3, 'untimed steps after the compiling one')
+  flags.DEFINE_bool('augment_share', False, 'also time the step without on-device augmentation')
   app.run(main)
