@@ -115,7 +115,7 @@ def demo_with(**fields):
 def test_impossible_combinations_are_named(fields, message):
   mesh = sharding.make_mesh(jax.devices()[:1])
   with pytest.raises(train.RunError, match=message):
-    train.validate(demo_with(**fields), mesh, num_images=1437)
+    train.validate(demo_with(**fields), mesh, num_images=1440)
 
 
 def test_unknown_data_source_is_named(tmp_path):

@@ -55,7 +55,7 @@ def env(tmp_cache, devices=1):
 
 def command(workdir, *extra, fields=None):
   return [sys.executable, '-m', 'revisit_jax.main', '--config', 'configs/demo.py',
-          *(fields or overrides()), '--workdir', str(workdir), *extra]
+          *(overrides() if fields is None else fields), '--workdir', str(workdir), *extra]
 
 
 def run(workdir, *extra, cache, fields=None, timeout=600):
@@ -211,11 +211,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache):
   assert all(np.isfinite(s['loss']) for s in logged) and logged[-1]['step'] < bad
 
 
-@pytest.mark.skip(reason='issue #5, open: after its 330 steps the demo network scores below its '
-                         'random initialisation (kNN top-1 ~55 % vs ~60 %); an independent '
-                         'PyTorch MoCo on the same data does the same (see configs/demo.py)')
 def test_demo_learns_features_better_than_its_initialisation(tmp_path, cache):
   result = run(tmp_path, cache=cache, fields=[])  # configs/demo.py as it ships
   assert result.returncode == 0, result.stderr[-3000:]
   knn = json.loads((tmp_path / 'knn_final.json').read_text())
-  assert knn['learned_top1'] > knn['random_init_top1'] + 5  # percentage points
+  assert knn['learned_top1'] > knn['random_init_top1'] + 15  # percentage points (measured +27 to +35)

@@ -11,7 +11,10 @@ from converters.export_torch import export
 
 from test_main import ROOT, arrays, command, env, logged_steps, overrides
 
-STEPS = 3
+# Two steps: the second runs on an updated network and a filled queue. Beyond them, a near-tie
+# in the kNN loss's top-k (summation order differs between the runs) can pick another
+# neighbour and move the losses by ~1e-3 (measured at step 3 on the demo textures).
+STEPS = 2
 
 
 def free_port() -> int:
