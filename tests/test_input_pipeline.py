@@ -10,8 +10,8 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from input_pipeline import demo_data, eval_data, pipeline, sources
-from input_pipeline.demo_data import load_demo
+from input_pipeline import eval_data, pipeline, sources
+from input_pipeline.demo_data import PALETTE, load_demo
 
 TINY = (('large', 2, 16, (0.2, 1.0)), ('small', 2, 8, (0.05, 0.14)))
 
@@ -274,7 +274,7 @@ def test_demo_data_is_a_fixed_split_labelled_by_texture_not_colour():
   knn = KNeighborsClassifier(1).fit(spectrum(x_train), y_train)
   assert knn.score(spectrum(x_test), y_test) > 0.9  # chance is 1/8: labels go with their textures
   colours = np.unique(np.concatenate([x_train, x_test]).reshape(-1, 3), axis=0)
-  assert len(colours) <= 2 * demo_data.PALETTE  # few colours: they cannot tell images apart
+  assert len(colours) <= 2 * PALETTE  # few colours: they cannot tell images apart
 
 
 def test_eval_images_match_torchvision_resize_centre_crop(tmp_path):
