@@ -1,4 +1,5 @@
 """VOC07 SVM: the label reader, the two protocols on planted features, the CLI end to end."""
+import io
 import json
 
 import numpy as np
@@ -92,16 +93,60 @@ def test_cli_end_to_end(tmp_path, resnet50_pth, capsys, protocol):  # noqa: F811
     assert set(result['cost'].values()) <= {0.01, 1.0}
 
 
-def test_tfds_source_labels_and_images():
+def _tiny_voc(data_dir):
+  """A prepared TFDS dataset with voc/2007's label features and JPEG photos, made locally."""
+  import tensorflow_datasets as tfds
+  from PIL import Image
+  from sklearn.datasets import load_sample_image
+
+  photo = Image.fromarray(load_sample_image('china.jpg'))
+
+  class TinyVoc(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      label = tfds.features.ClassLabel(names=voc_svm.CLASSES)
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'),
+        'labels': tfds.features.Sequence(label),
+        'labels_no_difficult': tfds.features.Sequence(label),
+      }))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(split, n)
+              for split, n in (('train', 2), ('validation', 1), ('test', 3))}
+
+    def _generate_examples(self, split, n):
+      for k in range(n):
+        jpeg = io.BytesIO()
+        photo.resize((64 + 8 * k, 48), Image.BILINEAR).save(jpeg, 'JPEG', quality=90)
+        labels = [k, 5 + k, 19]  # k + 5: difficult only
+        yield f'{split}{k}', {'image': jpeg.getvalue(), 'labels': labels,
+                              'labels_no_difficult': [k, 19]}
+
+  TinyVoc(data_dir=data_dir).download_and_prepare()
+  return 'tiny_voc'
+
+
+def test_tfds_source_labels_and_images(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=5):  # Random examples, nothing is downloaded.
-    ds, labels = tfds_eval.voc07_split('voc/2007', 'test', len(voc_svm.CLASSES))
-    raw = list(tfds.load('voc/2007', split='test').as_numpy_iterator())
-    images = list(common.TFDSImages(ds, common.feature_transform(40, 32)))
-  assert labels.shape == (len(raw), 20) and len(images) == len(raw)
-  for row, example in zip(labels, raw):
-    for k in range(20):  # 1: a non-difficult object; 0: only difficult ones; -1: none.
-      expected = (1 if k in example['labels_no_difficult'] else
-                  0 if k in example['labels'] else -1)
-      assert row[k] == expected
+  from PIL import Image
+  name = _tiny_voc(str(tmp_path))
+  for split, n in (('trainval', 3), ('test', 3)):
+    ds, labels = tfds_eval.voc07_split(name, split, 20, str(tmp_path))
+    stored = tfds.builder(name, data_dir=str(tmp_path)).as_dataset(
+      split={'trainval': 'train+validation', 'test': 'test'}[split], shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()})
+    raw = list(stored.as_numpy_iterator())
+    assert labels.shape == (n, 20) and len(raw) == n
+    for row, example in zip(labels, raw):
+      for k in range(20):  # 1: a non-difficult object; 0: only difficult ones; -1: none.
+        expected = (1 if k in example['labels_no_difficult'] else
+                    0 if k in example['labels'] else -1)
+        assert row[k] == expected
+    assert (labels == 0).sum() == n and (labels == 1).sum() == 2 * n
+    for decoded, example in zip(ds.as_numpy_iterator(), raw):  # PIL's pixels, to the value
+      pil = np.asarray(Image.open(io.BytesIO(example['image'])).convert('RGB'))
+      np.testing.assert_array_equal(decoded['image'], pil)
+  images = list(common.TFDSImages(ds, common.feature_transform(40, 32)))
   assert all(image.shape == (3, 32, 32) for image in images)
