@@ -218,21 +218,25 @@ def test_rotate_matches_torchvision(flower, degrees):
 
 
 @pytest.mark.parametrize('m', [-0.3, -0.2, -0.0667, 0.0333, 0.1667, 0.2, 0.3])
-def test_shear_matches_torchvision_autoaugment(flower, m):
-  """torchvision's AutoAugment ShearX: F.affine with shear atan(m) about the top-left."""
-  theirs = TF.affine(to_torch(flower), angle=0.0, translate=[0, 0], scale=1.0,
-                     shear=[math.degrees(math.atan(m)), 0.0], center=[0, 0])
-  assert_same_uint8(aa.shear_x(jnp.asarray(flower), m), theirs, max_fraction=0.01)
+def test_shear_matches_the_originals_affine(flower, m):
+  """The original's ShearX: F.affine(shear=[degrees(m), 0]) about the image centre, on the PIL
+  image its pipeline held (PIL samples at floor, torch rounds half to even) and on a tensor."""
+  kwargs = dict(angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(m), 0.0])
+  ours = aa.shear_x(jnp.asarray(flower), m)
+  assert_same_uint8(ours, TF.affine(to_torch(flower), **kwargs), max_fraction=0.01)
+  theirs_pil = np.asarray(TF.affine(Image.fromarray(flower), **kwargs))
+  assert_same_uint8(ours, to_torch(theirs_pil), max_fraction=0.01)
 
 
-def test_shear_moves_rows_by_m_times_y():
-  """Hand case: x_in = x_out + m * (y + 0.5); with m = 1 row y shifts left by y (+0.5 tie)."""
+def test_shear_slides_rows_about_the_centre():
+  """Hand case, tan(m) = 0.25 on 8 rows: x_in = x_out + 0.25 * (y + 0.5 - 4), rounded; the top
+  rows move right, the bottom rows left, the middle rows stay."""
   img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-  out = np.asarray(aa.shear_x(jnp.asarray(img), 0.25))
-  for y in range(8):
-    shift = int(np.round(0.25 * (y + 0.5)))
-    np.testing.assert_array_equal(out[y, :8 - shift], img[y, shift:])
-    np.testing.assert_array_equal(out[y, 8 - shift:], 0)
+  out = np.asarray(aa.shear_x(jnp.asarray(img), math.atan(0.25)))
+  for y, shift in enumerate([-1, -1, 0, 0, 0, 0, 1, 1]):
+    for x in range(8):
+      expected = img[y, x + shift] if 0 <= x + shift < 8 else 0
+      np.testing.assert_array_equal(out[y, x], expected)
 
 
 # ---- the ImageNet policy ----

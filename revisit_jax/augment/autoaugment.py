@@ -3,9 +3,10 @@
 Each op matches torchvision.transforms.functional on a uint8 CHW tensor, as torchvision's
 AutoAugment calls it: blends compute in float32 and truncate to uint8, the sharpness blur is
 rounded, geometric ops sample the nearest pixel (round half to even) at torchvision's
-pixel-centre grid and fill 0. Two deliberate differences, both from SPEC.md / the original
-PIL code: luma weights 0.299/0.587/0.114 (torchvision: 0.2989 for red) in Color and Contrast,
-and Solarize thresholds linspace(256, 0, 10) (torchvision: linspace(255, 0, 10)).
+pixel-centre grid and fill 0. Three deliberate differences, from SPEC.md / the original
+code: luma weights 0.299/0.587/0.114 (torchvision: 0.2989 for red) in Color and Contrast,
+Solarize thresholds linspace(256, 0, 10) (torchvision: linspace(255, 0, 10)), and ShearX
+about the image centre by tan(m), as the original's vendored torchvision 0.9 F.affine did.
 """
 
 import jax
@@ -34,10 +35,10 @@ def _affine_nearest(img, matrix):
 
 
 def shear_x(img, m):
-  """torchvision AutoAugment ShearX: x_in = x_out + m * y_out about the top-left corner
-  (F.affine with shear atan(m) and center [0, 0]), as PIL's (1, m, 0, 0, 1, 0) transform."""
-  h = img.shape[0]
-  return _affine_nearest(img, (1.0, m, m * h / 2, 0.0, 1.0, 0.0))
+  """The original's ShearX, F.affine(shear=[degrees(m), 0]) with the default centre: rows
+  slide by tan(m) * (y - h/2) about the image centre. (torchvision's own AutoAugment since
+  0.10 shears by m about the top-left corner instead.)"""
+  return _affine_nearest(img, (1.0, jnp.tan(m), 0.0, 0.0, 1.0, 0.0))
 
 
 def rotate(img, degrees):
