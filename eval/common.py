@@ -54,9 +54,9 @@ def pick_device() -> torch.device:
   return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
-def build_resnet50(path, replace_stride_with_dilation=(False, False, False), device=None):
+def build_resnet50(path, device=None):
   """torchvision ResNet-50 with the given weights, `fc` removed, in eval mode."""
-  model = torchvision.models.resnet50(replace_stride_with_dilation=list(replace_stride_with_dilation))
+  model = torchvision.models.resnet50()
   model.fc = torch.nn.Identity()
   model.load_state_dict(resnet50_state_dict(path), strict=True)
   return model.to(device or pick_device()).eval()

@@ -3,9 +3,10 @@
   python -m eval.segmentation WEIGHTS --dataset voc --data VOCdevkit/VOC2012 --workdir DIR
   torchrun --nproc_per_node 8 -m eval.segmentation WEIGHTS --dataset cityscapes --data DIR ...
 
-Backbone: torchvision ResNet-50 with layer4 dilated (output stride 16). Head: two
-[3x3 conv 256 (dilation d), BN, ReLU] blocks and a 1x1 classifier, logits upsampled bilinearly
-to the input. Every epoch a checkpoint goes to WORKDIR/run<r>/; starting again resumes there.
+Backbone: torchvision ResNet-50 with every layer4 3x3 conv dilated by 2 and every layer4 stride
+1 (output stride 16). Head: two [3x3 conv 256 (dilation d), BN, ReLU] blocks and a 1x1
+classifier, all without bias, logits upsampled bilinearly to the input. Every epoch a
+checkpoint goes to WORKDIR/run<r>/; starting again resumes there.
 `--runs N` trains N seeds and reports the mean and standard deviation of the mIoU.
 """
 import argparse
@@ -52,16 +53,27 @@ class FCN(nn.Module):
       layers += [nn.Conv2d(channels, 256, 3, padding=dilation, dilation=dilation, bias=False),
                  nn.BatchNorm2d(256), nn.ReLU(inplace=True)]
       channels = 256
-    self.head = nn.Sequential(*layers, nn.Conv2d(256, num_classes, 1))
+    self.head = nn.Sequential(*layers, nn.Conv2d(256, num_classes, 1, bias=False))
 
   def forward(self, x):
     logits = self.head(self.backbone(x))
     return F.interpolate(logits.float(), size=x.shape[-2:], mode='bilinear', align_corners=False)
 
 
+def dilate_layer4(layer4: nn.Module) -> None:
+  """The original's output stride 16: every layer4 3x3 conv gets dilation 2, every layer4
+  stride becomes 1. (torchvision's replace_stride_with_dilation would leave the first block's
+  3x3 conv undilated.)"""
+  for conv in layer4.modules():
+    if isinstance(conv, nn.Conv2d):
+      conv.stride = (1, 1)
+      if conv.kernel_size == (3, 3):
+        conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
 def build_fcn(weights, num_classes: int, dilation: int, device) -> FCN:
-  resnet = common.build_resnet50(weights, replace_stride_with_dilation=(False, False, True),
-                                 device=device)
+  resnet = common.build_resnet50(weights, device=device)
+  dilate_layer4(resnet.layer4)
   return FCN(resnet, num_classes, dilation).to(device)
 
 

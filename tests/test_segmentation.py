@@ -56,11 +56,13 @@ def test_cityscapes_crop_pads_small_images_with_ignore():
 def test_fcn_has_output_stride_16_and_the_protocol_head(resnet50_pth):  # noqa: F811
   model = segmentation.build_fcn(resnet50_pth, 21, 6, torch.device('cpu')).eval()
   layer4 = model.backbone[-1]
-  assert all(m.stride == (1, 1) for m in layer4.modules() if isinstance(m, torch.nn.Conv2d))
-  assert layer4[0].conv2.dilation == (1, 1) and layer4[1].conv2.dilation == (2, 2)
+  convs = [m for m in layer4.modules() if isinstance(m, torch.nn.Conv2d)]
+  assert all(c.stride == (1, 1) for c in convs)
+  # SPEC.md: every layer4 3x3 conv gets dilation 2 (the first block's too).
+  assert [(c.dilation, c.padding) for c in convs if c.kernel_size == (3, 3)] == [((2, 2),) * 2] * 3
   head_convs = [m for m in model.head if isinstance(m, torch.nn.Conv2d)]
   assert [(c.out_channels, c.kernel_size, c.dilation, c.bias is None) for c in head_convs] == [
-      (256, (3, 3), (6, 6), True), (256, (3, 3), (6, 6), True), (21, (1, 1), (1, 1), False)]
+      (256, (3, 3), (6, 6), True), (256, (3, 3), (6, 6), True), (21, (1, 1), (1, 1), True)]
   x = torch.randn(1, 3, 96, 64)
   with torch.no_grad():
     assert model.backbone(x).shape == (1, 2048, 6, 4)
