@@ -4,7 +4,7 @@ The data position is a function of the step (epoch = step // steps_per_epoch, ba
 step % steps_per_epoch), so a checkpoint of the state is all a resume needs. Checkpoints
 are orbax's (asynchronous, renamed into place when complete): every
 train.checkpoint_every_steps steps, at each epoch end, at the end and on SIGTERM/SIGINT.
-A checkpoint is written only after its step's loss was seen to be finite.
+A checkpoint is written only after its step's loss and the state it holds were seen to be finite.
 """
 
 import json
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -88,6 +89,9 @@ def validate(config, mesh, num_images: int) -> None:
     problems.append(f'config.monitor.every_epochs={mon.every_epochs} must be >= 0')
   if problems:
     raise RunError('invalid config:\n  ' + '\n  '.join(problems))
+  note = train_step.bn_group_note(config, mesh.devices.size)
+  if note:
+    logging.warning(note)
 
 
 def run_differences(saved: dict, config) -> list[str]:
@@ -148,6 +152,13 @@ def as_device_batches(iterator, mesh):
   return prefetch_to_device(batches, mesh)
 
 
+@jax.jit
+def all_finite(tree):
+  """Whether every floating-point value in `tree` is finite (one reduction on the devices)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)]))
+
+
 class Metrics:
   """Per-step metrics fetched one step late (so the host stays a step ahead), checked for
   non-finite values, and averaged over each logging window."""
@@ -171,11 +182,14 @@ class Metrics:
     if not np.isfinite(values['loss']):
       epoch = (step - 1) // self.steps_per_epoch
       shown = ', '.join(f'{k}={v:.4g}' for k, v in values.items())
-      kept = (f'the last checkpoint (step {self.checkpointed}) is intact'
-              if self.checkpointed is not None else 'no checkpoint was written')
-      raise NonFiniteLoss(f'non-finite loss at step {step} (epoch {epoch}): {shown}. Stopped '
-                          f'without saving; {kept}. A lower config.optim.base_lr may help.')
+      raise self.diverged(f'non-finite loss at step {step} (epoch {epoch}): {shown}')
     self.window.append(values)
+
+  def diverged(self, what: str) -> NonFiniteLoss:
+    kept = (f'the last checkpoint (step {self.checkpointed}) is intact'
+            if self.checkpointed is not None else 'no checkpoint was written')
+    return NonFiniteLoss(f'{what}. Stopped without saving; {kept}. A lower '
+                         'config.optim.base_lr may help.')
 
   def mean(self) -> dict:
     self.settle()
@@ -301,6 +315,9 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
       stopped = stop.requested()
       if step % t.checkpoint_every_steps == 0 or epoch_end or step == last or stopped:
         metrics.settle()
+        if not all_finite(state):  # a finite loss can still be followed by an overflowing update
+          raise metrics.diverged(f'non-finite weights or statistics after step {step} '
+                                 f'(epoch {(step - 1) // steps_per_epoch})')
         checkpoint.save(mngr, step, state, checkpoint.make_meta(
             config, step, epoch, batch=step % steps_per_epoch, steps_per_epoch=steps_per_epoch))
         metrics.checkpointed = step

@@ -55,6 +55,23 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
       raise ValueError(f"config.{field}={value!r}: expected 'float32' or 'bfloat16'")
 
 
+PAPER_BN_GROUP = 128  # SPEC.md: the original's 2 GPUs x 128 images, per-GPU BatchNorm
+
+
+def bn_group_note(config: ml_collections.ConfigDict, devices: int) -> str:
+  """A warning when BN would average over other than the paper's 128 images ('' if not)."""
+  batch, groups = config.data.global_batch, config.data.bn_groups
+  group = batch // (devices * groups)
+  if batch != 2 * PAPER_BN_GROUP or group == PAPER_BN_GROUP:
+    return ''
+  per_device = batch // devices
+  fix = (f'set --config.data.bn_groups={per_device // PAPER_BN_GROUP}'
+         if per_device % PAPER_BN_GROUP == 0 else
+         f'{per_device} images per device cannot hold one (no cross-device BN here)')
+  return (f'BatchNorm statistics over {group} images ({batch} / ({devices} devices x '
+          f'config.data.bn_groups={groups})), not the paper\'s {PAPER_BN_GROUP}: {fix}')
+
+
 def check_batch(config, batch) -> None:
   """Shapes of the batch against the config (at trace time, before compiling)."""
   b, large, small = config.data.global_batch, config.crops.large_size, config.crops.small_size

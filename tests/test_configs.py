@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from revisit_jax import sharding, train
+from revisit_jax import sharding, train, train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 
@@ -122,3 +122,18 @@ def test_unknown_data_source_is_named(tmp_path):
   c = demo_with(data__source=str(tmp_path / 'missing'))
   with pytest.raises(train.RunError, match='config.data.source=.*missing'):
     train.open_data(c)
+
+
+@pytest.mark.parametrize('devices, bn_groups, advice', [
+    (1, 2, None), (2, 1, None), (2, 2, 'bn_groups=1'), (1, 1, 'bn_groups=2'),
+    (4, 1, 'cannot hold one'),
+])
+def test_bn_groups_other_than_the_papers_128_images_are_flagged(devices, bn_groups, advice):
+  """SPEC.md: the paper's BatchNorm averaged over 128 images (2 GPUs x 128)."""
+  c = load('ours_800ep')
+  c.data.bn_groups = bn_groups
+  note = train_step.bn_group_note(c, devices)
+  if advice is None:
+    assert note == ''
+  else:
+    assert advice in note and f'over {256 // (devices * bn_groups)} images' in note

@@ -211,6 +211,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache):
   assert all(np.isfinite(s['loss']) for s in logged) and logged[-1]['step'] < bad
 
 
+def test_update_that_overflows_the_weights_is_not_checkpointed(tmp_path, cache):
+  """At lr 1e38 step 1's loss is finite but its update is not: nothing may be saved."""
+  workdir = tmp_path / 'overflow'
+  fields = overrides(**MOCO, optim__base_lr=1e38, train__checkpoint_every_steps=1)
+  result = run(workdir, cache=cache, fields=fields)
+  assert result.returncode != 0
+  assert 'non-finite weights or statistics after step 1' in result.stderr
+  assert 'no checkpoint was written' in result.stderr
+  assert checkpoint.latest_step(workdir) is None
+  assert all(np.isfinite(s['loss']) for s in logged_steps(workdir))
+
+
 def test_demo_learns_features_better_than_its_initialisation(tmp_path, cache):
   result = run(tmp_path, cache=cache, fields=[])  # configs/demo.py as it ships
   assert result.returncode == 0, result.stderr[-3000:]
