@@ -31,6 +31,9 @@ class TrainState:
   rng: jax.Array
 
 
+SCHEDULES = ('cosine_epoch', 'cosine_step')
+
+
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """lr = base_lr * 0.5 * (1 + cos(pi * e / epochs)); e = the epoch (or fractional epoch)."""
   cosine = optax.cosine_decay_schedule(config.optim.base_lr, config.optim.epochs)
@@ -38,8 +41,7 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
     return lambda step: cosine(step // steps_per_epoch)
   if config.optim.schedule == 'cosine_step':
     return lambda step: cosine(step / steps_per_epoch)
-  raise ValueError(f"config.optim.schedule={config.optim.schedule!r}: "
-                   "expected 'cosine_epoch' or 'cosine_step'")
+  raise ValueError(f'config.optim.schedule={config.optim.schedule!r}: expected one of {SCHEDULES}')
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):

@@ -15,8 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from revisit_jax import method, queues
 from revisit_jax.augment import augment_crops
+from revisit_jax.models.resnet import STAGE_SIZES
 from revisit_jax.sharding import AXIS
-from revisit_jax.train_state import TrainState, make_optimizer, make_schedule
+from revisit_jax.train_state import SCHEDULES, TrainState, make_optimizer, make_schedule
 
 KINDS = ('ours', 'moco')
 STEMS = ('imagenet', 'cifar')
@@ -26,6 +27,26 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Raise a ValueError naming the config field before anything is compiled."""
   m, crops, batch = config.method, config.crops, config.data.global_batch
   devices, groups = mesh.devices.size, config.data.bn_groups
+  for field in ('data.global_batch', 'data.bn_groups', 'model.width', 'model.head_hidden_dim',
+                'model.embed_dim', 'crops.large_size', 'crops.small_size', 'method.queue_size'):
+    value = config[field]
+    if not (isinstance(value, int) and value >= 1):
+      raise ValueError(f'config.{field}={value!r}: expected an int >= 1')
+  if config.model.arch not in STAGE_SIZES:
+    raise ValueError(f'config.model.arch={config.model.arch!r}: expected one of '
+                     f'{tuple(STAGE_SIZES)}')
+  if config.optim.schedule not in SCHEDULES:
+    raise ValueError(f'config.optim.schedule={config.optim.schedule!r}: expected one of '
+                     f'{SCHEDULES}')
+  for field in ('crops.large_scale', 'crops.small_scale'):
+    low, high = config[field]
+    if not 0 < low <= high <= 1:
+      raise ValueError(f'config.{field}=({low}, {high}): expected 0 < low <= high <= 1 '
+                       '(fractions of the image area)')
+  if not 0 <= m.key_momentum <= 1:
+    raise ValueError(f'config.method.key_momentum={m.key_momentum}: expected 0 <= m <= 1')
+  if not m.temperature > 0:
+    raise ValueError(f'config.method.temperature={m.temperature}: expected > 0')
   if m.kind not in KINDS:
     raise ValueError(f'config.method.kind={m.kind!r}: expected one of {KINDS}')
   if not (isinstance(crops.num_small, int) and crops.num_small >= 0):
@@ -44,9 +65,9 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   if m.queue_size % batch:
     raise ValueError(f'config.method.queue_size={m.queue_size} is not a multiple of '
                      f'config.data.global_batch={batch}')
-  if m.kind == 'ours' and m.knn_topk > m.queue_size // devices:
-    raise ValueError(f'config.method.knn_topk={m.knn_topk} exceeds the {m.queue_size // devices} '
-                     f'queue rows per device')
+  if m.kind == 'ours' and not 1 <= m.knn_topk <= m.queue_size // devices:
+    raise ValueError(f'config.method.knn_topk={m.knn_topk}: expected 1 to the '
+                     f'{m.queue_size // devices} queue rows per device')
   if config.model.stem not in STEMS:
     raise ValueError(f'config.model.stem={config.model.stem!r}: expected one of {STEMS}')
   for field, value in (('model.dtype', config.model.dtype),

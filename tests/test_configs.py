@@ -111,6 +111,16 @@ def demo_with(**fields):
     ({'train__num_steps': 10**9}, 'config.train.num_steps'),
     ({'monitor__source': ''}, 'config.monitor.source'),
     ({'data__global_batch': 4096, 'method__queue_size': 8192}, 'fewer than one batch'),
+    ({'data__bn_groups': 0}, r'config.data.bn_groups=0: expected an int >= 1'),
+    ({'data__global_batch': 0}, r'config.data.global_batch=0: expected an int >= 1'),
+    ({'model__width': 0}, r'config.model.width=0: expected an int >= 1'),
+    ({'model__arch': 'resnet152'}, 'config.model.arch=.resnet152.'),
+    ({'optim__schedule': 'cosine'}, 'config.optim.schedule=.cosine.'),
+    ({'crops__large_scale': (1.0, 0.2)}, r'config.crops.large_scale=\(1.0, 0.2\)'),
+    ({'crops__small_scale': (0.0, 0.14)}, r'config.crops.small_scale=\(0.0, 0.14\)'),
+    ({'method__knn_topk': 0}, 'config.method.knn_topk=0'),
+    ({'method__key_momentum': 1.5}, 'config.method.key_momentum=1.5'),
+    ({'method__temperature': 0.0}, 'config.method.temperature=0.0'),
 ])
 def test_impossible_combinations_are_named(fields, message):
   mesh = sharding.make_mesh(jax.devices()[:1])
