@@ -109,9 +109,14 @@ def run_differences(saved: dict, config) -> list[str]:
 
 
 class StopSignal:
-  """SIGTERM / SIGINT ask the loop to save and stop; a second SIGINT interrupts at once."""
+  """SIGTERM / SIGINT ask the loop to save and stop; a second SIGINT interrupts at once.
 
-  def __init__(self):
+  All processes must stop at the same step, so with several the flags are gathered, a
+  collective that waits for the devices: only every `every` steps, to keep the hosts ahead.
+  """
+
+  def __init__(self, every: int):
+    self.every = every
     self._requested = False
     self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -121,10 +126,12 @@ class StopSignal:
     logging.warning('received %s: saving a checkpoint and stopping', signal.Signals(signum).name)
     self._requested = True
 
-  def requested(self) -> bool:
-    """Whether any process got a signal (all processes must stop at the same step)."""
+  def requested(self, step: int) -> bool:
+    """Whether any process got a signal, as seen at `step`."""
     if jax.process_count() == 1:
       return self._requested
+    if step % self.every:
+      return False
     return bool(multihost_utils.process_allgather(np.int32(self._requested)).any())
 
   def restore(self):
@@ -277,7 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
   writer = logging_utils.MetricWriter(workdir)
   bar = logging_utils.progress_bar(last, step)
-  stop = StopSignal()
+  stop = StopSignal(every=config.train.log_every_steps)
   metrics = Metrics(steps_per_epoch)
   metrics.checkpointed = latest
   stopped = False
@@ -312,7 +319,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
                   f'{config.monitor.source}/{config.monitor.test_split}')
         metrics.settle()
         clock, clock_step = time.perf_counter(), step  # the monitor is not training throughput
-      stopped = stop.requested()
+      stopped = stop.requested(step)
       if step % t.checkpoint_every_steps == 0 or epoch_end or step == last or stopped:
         metrics.settle()
         if not all_finite(state):  # a finite loss can still be followed by an overflowing update
