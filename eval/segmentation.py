@@ -8,6 +8,8 @@ Backbone: torchvision ResNet-50 with every layer4 3x3 conv dilated by 2 and ever
 classifier, all without bias, logits upsampled bilinearly to the input. Every epoch a
 checkpoint goes to WORKDIR/run<r>/; starting again resumes there.
 `--runs N` trains N seeds and reports the mean and standard deviation of the mIoU.
+`--select best` scores val after every epoch and reports each run's best epoch, as the
+original did; the default reports the last epoch.
 """
 import argparse
 import json
@@ -127,6 +129,17 @@ def evaluate(model, val_set, num_classes, device, rank=0, world=1, workers=0) ->
   return confusion.cpu().numpy()
 
 
+def score(net, val_set, args, device, rank=0, world=1) -> dict:
+  """mIoU and per-class IoU (x100) of rank 0's network on the val set."""
+  if world > 1:  # Each rank's last forward updated its own BN statistics; evaluate rank 0's.
+    for buffer in net.buffers():
+      dist.broadcast(buffer, 0)
+  iou = iou_per_class(evaluate(net, val_set, len(args.classes), device, rank, world,
+                               args.workers))
+  return {'miou': float(np.nanmean(iou)) * 100,
+          'iou': {c: None if math.isnan(v) else v * 100 for c, v in zip(args.classes, iou)}}
+
+
 def train_run(args, run: int, device, rank=0, world=1) -> dict:
   """Trains (or resumes) one seed and returns its per-class IoU; cached in run<r>/result.json."""
   run_dir = Path(args.workdir) / f'run{run}'
@@ -154,13 +167,13 @@ def train_run(args, run: int, device, rank=0, world=1) -> dict:
     raise ValueError(f'{len(train_set)} training images give no full batch of {args.batch_size}')
   opt, sched = optimizer_and_schedule(args, model, len(loader))
   net = model.module if world > 1 else model
-  start = 0
+  start, best = 0, None
   if ckpt_file.is_file():
     state = torch.load(ckpt_file, map_location=device, weights_only=True)
     net.load_state_dict(state['model'])
     opt.load_state_dict(state['optimizer'])
     sched.load_state_dict(state['schedule'])
-    start = state['epoch'] + 1
+    start, best = state['epoch'] + 1, state.get('best')
   loss_fn = nn.CrossEntropyLoss(ignore_index=seg_data.IGNORE)
   bar = tqdm(total=args.epochs * len(loader), initial=start * len(loader),
              desc=f'run {run}', disable=rank != 0)
@@ -181,18 +194,19 @@ def train_run(args, run: int, device, rank=0, world=1) -> dict:
       sched.step()
       bar.update()
       bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{sched.get_last_lr()[0]:.2e}')
+    if args.select == 'best':
+      scored = {**score(net, val_set, args, device, rank, world), 'epoch': epoch}
+      best = scored if best is None or scored['miou'] > best['miou'] else best
     if rank == 0:
       run_dir.mkdir(parents=True, exist_ok=True)
       torch.save({'model': net.state_dict(), 'optimizer': opt.state_dict(),
-                  'schedule': sched.state_dict(), 'epoch': epoch}, ckpt_file.with_suffix('.tmp'))
+                  'schedule': sched.state_dict(), 'epoch': epoch, 'best': best},
+                 ckpt_file.with_suffix('.tmp'))
       os.replace(ckpt_file.with_suffix('.tmp'), ckpt_file)
   bar.close()
-  if world > 1:  # Each rank's last forward updated its own BN statistics; evaluate rank 0's.
-    for buffer in net.buffers():
-      dist.broadcast(buffer, 0)
-  iou = iou_per_class(evaluate(net, val_set, num_classes, device, rank, world, args.workers))
-  result = {'seed': seed, 'miou': float(np.nanmean(iou)) * 100,
-            'iou': {c: None if math.isnan(v) else v * 100 for c, v in zip(args.classes, iou)}}
+  if args.select == 'last':
+    best = {**score(net, val_set, args, device, rank, world), 'epoch': args.epochs - 1}
+  result = {'seed': seed, **best}
   if rank == 0:
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result))
@@ -229,6 +243,9 @@ def parse_args(argv=None):
   parser.add_argument('--dilation', type=int, help='dilation of the head convs')
   parser.add_argument('--workers', type=int, default=4)
   parser.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun')
+  parser.add_argument('--select', choices=('last', 'best'), default='last',
+                      help="report the last epoch, or score val after every epoch and report "
+                           "the best one (the original's model selection, on the val set)")
   args = parser.parse_args(argv)
   for key, value in DEFAULTS[args.dataset].items():
     if getattr(args, key, None) is None:
@@ -252,7 +269,8 @@ def main(argv=None):
   runs = [train_run(args, r, device, rank, world) for r in range(args.runs)]
   if rank == 0:
     common.report({'task': 'segmentation', 'dataset': args.dataset, 'weights': str(args.weights),
-                   'epochs': args.epochs, 'runs': args.runs, **summarize(runs, args.classes)},
+                   'epochs': args.epochs, 'runs': args.runs, 'select': args.select,
+                   **summarize(runs, args.classes)},
                   args.out)
   if world > 1:
     dist.destroy_process_group()

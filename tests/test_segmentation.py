@@ -143,6 +143,36 @@ def test_voc_end_to_end_and_resume(tmp_path, resnet50_pth, monkeypatch):  # noqa
   assert 0 <= result['miou'] <= 100 and result['miou_std'] == 0
 
 
+def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, resnet50_pth,  # noqa: F811
+                                                          monkeypatch):
+  """Val mIoU 5, 9, 7 over three epochs, interrupted after the second: epoch 1 is reported."""
+  data = write_voc12(tmp_path, n_train=2, n_val=2, n_aug=4)
+  args = [str(resnet50_pth), '--dataset', 'voc', '--data', str(data), *TINY, '--epochs', '3',
+          '--select', 'best', '--workdir', str(tmp_path / 'w'), '--out', str(tmp_path / 'r.json')]
+  scores = iter([5.0, 9.0, 7.0])
+  monkeypatch.setattr(segmentation, 'score',
+                      lambda *a, **k: {'miou': next(scores),
+                                       'iou': dict.fromkeys(seg_data.VOC_CLASSES, 1.0)})
+  real_replace, saved = os.replace, []
+
+  def replace_then_crash(src, dst):
+    real_replace(src, dst)
+    saved.append(dst)
+    if len(saved) == 2:
+      raise KeyboardInterrupt('simulated interruption')
+
+  monkeypatch.setattr(segmentation.os, 'replace', replace_then_crash)
+  with pytest.raises(KeyboardInterrupt):
+    segmentation.main(args)
+  monkeypatch.setattr(segmentation.os, 'replace', real_replace)
+  segmentation.main(args)
+  assert next(scores, None) is None  # every epoch was scored once
+  run = json.loads((tmp_path / 'w' / 'run0' / 'result.json').read_text())
+  assert (run['epoch'], run['miou']) == (1, 9.0)
+  result = json.loads((tmp_path / 'r.json').read_text())
+  assert result['select'] == 'best' and result['miou'] == 9.0
+
+
 def test_cityscapes_end_to_end_two_runs(tmp_path, resnet50_pth, capsys):  # noqa: F811
   data = write_cityscapes(tmp_path / 'cityscapes', per_split=(2, 1))
   out = tmp_path / 'city.json'
