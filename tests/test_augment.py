@@ -125,30 +125,37 @@ def test_normalize():
 
 # ---- Gaussian blur ----
 
+def torchvision_blur_edge_extended(x, sigma):
+  """torchvision's Gaussian kernel on the image extended by repeating its edges (PIL's
+  extension): pad `radius` replicated pixels, blur, cut the padding off again."""
+  r = blur.kernel_radius()
+  padded = torch.nn.functional.pad(to_torch(x)[None], (r, r, r, r), mode='replicate')[0]
+  return from_torch(TF.gaussian_blur(padded, [2 * r + 1] * 2, [sigma, sigma])[:, r:-r, r:-r])
+
+
 @pytest.mark.parametrize('sigma', [0.1, 0.7, 1.3, 2.0])
-def test_blur_matches_torchvision(photo, sigma):
+def test_blur_matches_torchvision_kernel_with_edges_extended(photo, sigma):
   x = photo.astype(np.float32) / 255
-  size = 2 * blur.kernel_radius() + 1
-  expected = TF.gaussian_blur(to_torch(x), [size, size], [sigma, sigma])
-  np.testing.assert_allclose(blur.gaussian_blur(jnp.asarray(x), sigma), from_torch(expected),
-                             atol=2e-6)
+  np.testing.assert_allclose(blur.gaussian_blur(jnp.asarray(x), sigma),
+                             torchvision_blur_edge_extended(x, sigma), atol=2e-6)
 
 
 def test_blur_close_to_pil_radius(photo):
-  """PIL's GaussianBlur(radius=sigma) (box approximation, edge extension): the interior
-  stays within a few grey levels, under one on average."""
-  r = blur.kernel_radius()
-  for sigma in (0.7, 2.0):
+  """PIL's GaussianBlur(radius=sigma) (box approximation, edge extension), the original's:
+  within a few grey levels everywhere, the border included (reflecting, as torchvision
+  does, is 10-11 levels off there), under one on average."""
+  for sigma in (0.7, 1.3, 2.0):
     ours = np.round(np.asarray(blur.gaussian_blur(jnp.asarray(photo, jnp.float32) / 255,
                                                   sigma)) * 255)
     theirs = np.asarray(Image.fromarray(photo).filter(ImageFilter.GaussianBlur(sigma)))
-    diff = np.abs(ours - theirs)[r:-r, r:-r]
-    assert diff.max() <= 5 and diff.mean() < 1
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= 8 and diff.mean() < 0.7, (sigma, diff.max(), diff.mean())
 
 
-def test_blur_rejects_tiny_image():
-  with pytest.raises(ValueError, match='kernel radius 6'):
-    blur.gaussian_blur(jnp.zeros((5, 8, 3)), 1.0)
+def test_blur_of_an_image_smaller_than_the_kernel(photo):
+  x = photo[:5, :4].astype(np.float32) / 255
+  np.testing.assert_allclose(blur.gaussian_blur(jnp.asarray(x), 1.5),
+                             torchvision_blur_edge_extended(x, 1.5), atol=2e-6)
 
 
 # ---- AutoAugment ops on uint8 ----

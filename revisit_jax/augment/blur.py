@@ -1,15 +1,15 @@
-"""Gaussian blur with a traced sigma, as torchvision's F.gaussian_blur.
+"""Gaussian blur with a traced sigma, as the original's PIL ImageFilter.GaussianBlur(sigma).
 
-The original MoCo v2 blurred PIL images with ImageFilter.GaussianBlur(radius=sigma): Pillow
-approximates the Gaussian of standard deviation sigma by three box blurs and extends edges
-by repeating them. Here the kernel is the exact sampled Gaussian of torchvision
-(exp(-x^2 / 2 sigma^2), normalised) with a fixed size wide enough for the largest sigma
-(radius ceil(3 * sigma_max)) and reflect padding, applied separably on H then W. On natural
-images the two differ by about a grey level inside the image, more at the border.
+Pillow approximates the Gaussian of standard deviation sigma by three box blurs and extends
+the image by repeating its edge pixels. Here the kernel is the exact sampled Gaussian of
+torchvision's F.gaussian_blur (exp(-x^2 / 2 sigma^2), normalised) with a fixed size wide
+enough for the largest sigma (radius ceil(3 * sigma_max)), applied separably on H then W to
+the edge-extended image, as Pillow extends it (torchvision would reflect). On natural images
+the two differ by about a grey level, a few more in the pixels next to the border.
 
-Each pass is a product with a banded [size, size] matrix that holds the kernel and the
-reflect padding. A dot materialises its input; shifted slices let XLA fuse the colour ops
-before the blur into every one of the 2 x 13 taps and recompute them (6x slower on CPU).
+Each pass is a product with a banded [size, size] matrix that holds the kernel and the edge
+extension. A dot materialises its input; shifted slices let XLA fuse the colour ops before the
+blur into every one of the 2 x 13 taps and recompute them (6x slower on CPU).
 """
 
 import math
@@ -31,26 +31,20 @@ def gaussian_kernel1d(sigma, radius):
   return pdf / jnp.sum(pdf)
 
 
-def _reflect_taps(size, radius):
-  """taps[i, t, j] = 1 where tap t of output i reads input j under reflect padding."""
-  src = np.arange(size)[:, None] + np.arange(-radius, radius + 1)[None, :]
-  src = np.abs(src)
-  src = np.where(src > size - 1, 2 * (size - 1) - src, src)
+def _edge_taps(size, radius):
+  """taps[i, t, j] = 1 where tap t of output i reads input j, edges repeated."""
+  src = np.clip(np.arange(size)[:, None] + np.arange(-radius, radius + 1)[None, :], 0, size - 1)
   return (src[..., None] == np.arange(size)).astype(np.float32)
 
 
 def blur_matrix(kernel, size):
-  """[size, size] matrix applying the 1-D kernel with reflect padding along one axis."""
-  return jnp.einsum('t,itj->ij', kernel, _reflect_taps(size, (kernel.shape[0] - 1) // 2))
+  """[size, size] matrix applying the 1-D kernel to the edge-extended axis."""
+  return jnp.einsum('t,itj->ij', kernel, _edge_taps(size, (kernel.shape[0] - 1) // 2))
 
 
 def gaussian_blur(img, sigma, radius=None):
-  """Blur one image [H, W, C]; sigma may be traced, radius is static (H, W > radius)."""
+  """Blur one image [H, W, C]; sigma may be traced, radius is static."""
   radius = kernel_radius() if radius is None else radius
-  h, w = img.shape[-3], img.shape[-2]
-  if min(h, w) <= radius:
-    raise ValueError(f'gaussian_blur: image {h}x{w} must be larger than the kernel radius '
-                     f'{radius} for reflect padding')
   kernel = gaussian_kernel1d(sigma, radius)
-  out = jnp.einsum('ij,jwc->iwc', blur_matrix(kernel, h), img, precision='highest')
-  return jnp.einsum('ij,hjc->hic', blur_matrix(kernel, w), out, precision='highest')
+  out = jnp.einsum('ij,jwc->iwc', blur_matrix(kernel, img.shape[-3]), img, precision='highest')
+  return jnp.einsum('ij,hjc->hic', blur_matrix(kernel, img.shape[-2]), out, precision='highest')
