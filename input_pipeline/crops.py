@@ -26,7 +26,7 @@ import tensorflow as tf
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10  # torchvision's tries per random-resized-crop
 DRAWS = 10  # draws per constrained crop before an unconstrained one
-MIN_COVER = 0.1  # part of a constrained crop that must lie inside the key crop
+MIN_COVER = 0.1  # part of a constrained crop's target area that must lie inside the key crop
 
 
 def layout_of(config) -> tuple:
@@ -74,34 +74,42 @@ def _pick_first(ok, values):
   return tf.reduce_sum(values * onehot[..., None], axis=-2)
 
 
+def _tries(seed, height, width, shape, scale, ratio, tries):
+  """``tries`` torchvision-style draws for each of ``shape``: boxes float64 [*shape, tries, 4]
+  (top, left, height, width) in whole pixels, whether each fits the image [*shape, tries] and
+  its target area [*shape, tries]."""
+  s_area, s_ratio, s_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  H = tf.cast(height, tf.float64)
+  W = tf.cast(width, tf.float64)
+  shape = tuple(shape) + (tries,)
+  target = H * W * tf.random.stateless_uniform(shape, s_area, scale[0], scale[1], tf.float64)
+  aspect = tf.exp(
+    tf.random.stateless_uniform(shape, s_ratio, math.log(ratio[0]), math.log(ratio[1]), tf.float64)
+  )
+  w = tf.round(tf.sqrt(target * aspect))  # round half to even, like Python's round
+  h = tf.round(tf.sqrt(target / aspect))
+  fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+  pos = tf.random.stateless_uniform(shape + (2,), s_pos, 0.0, 1.0, tf.float64)
+  top = tf.minimum(tf.floor(pos[..., 0] * (H - h + 1)), H - h)  # torch.randint(0, H - h + 1)
+  left = tf.minimum(tf.floor(pos[..., 1] * (W - w + 1)), W - w)
+  return tf.stack([top, left, h, w], axis=-1), fits, target
+
+
 def rrc_boxes(seed, height, width, shape, scale, ratio=RATIO):
   """torchvision ``RandomResizedCrop.get_params`` for a batch ``shape`` of independent draws.
 
   Returns boxes float64 [*shape, 4] as (top, left, height, width) in whole pixels and a bool
   [*shape] that is True where all 10 tries failed and the centred crop was used.
   """
-  shape = tuple(shape)
-  s_area, s_ratio, s_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  boxes, fits, _ = _tries(seed, height, width, shape, scale, ratio, TRIES)
+  drawn = _pick_first(fits, boxes)
   H = tf.cast(height, tf.float64)
   W = tf.cast(width, tf.float64)
-  tries = shape + (TRIES,)
-  target = H * W * tf.random.stateless_uniform(tries, s_area, scale[0], scale[1], tf.float64)
-  aspect = tf.exp(
-    tf.random.stateless_uniform(tries, s_ratio, math.log(ratio[0]), math.log(ratio[1]), tf.float64)
-  )
-  w = tf.round(tf.sqrt(target * aspect))  # round half to even, like Python's round
-  h = tf.round(tf.sqrt(target / aspect))
-  ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
-  pos = tf.random.stateless_uniform(tries + (2,), s_pos, 0.0, 1.0, tf.float64)
-  top = tf.minimum(tf.floor(pos[..., 0] * (H - h + 1)), H - h)  # torch.randint(0, H - h + 1)
-  left = tf.minimum(tf.floor(pos[..., 1] * (W - w + 1)), W - w)
-  drawn = _pick_first(ok, tf.stack([top, left, h, w], axis=-1))
-
   in_ratio = W / H
   fw = tf.where(in_ratio > ratio[1], tf.round(H * ratio[1]), W)
   fh = tf.where(in_ratio < ratio[0], tf.round(W / ratio[0]), H)
   centred = tf.stack([tf.floor((H - fh) / 2), tf.floor((W - fw) / 2), fh, fw])
-  found = tf.reduce_any(ok, axis=-1)
+  found = tf.reduce_any(fits, axis=-1)
   return tf.where(found[..., None], drawn, centred), tf.logical_not(found)
 
 
@@ -117,20 +125,19 @@ def _overlap_area(boxes, key):
 
 
 def constrained_boxes(seed, height, width, key_box, count, scale, ratio=RATIO):
-  """``count`` crops, each redrawn up to 10 times until >= 10 % of it lies in ``key_box``.
+  """``count`` crops, each drawn up to 10 times until it fits the image and >= 10 % of its
+  target area lies in ``key_box``, as the original's ``get_params_conditioned``.
 
-  A crop with no such draw gets one unconstrained draw. Returns boxes [count, 4], the
-  random-resized-crop fallback flags [count] and the constraint fallback flags [count].
+  A crop with no such draw gets one unconstrained random-resized crop. Returns boxes
+  [count, 4], the centred-fallback flags [count] and the constraint fallback flags [count].
   """
   s_draw, s_free = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  cand, cand_centred = rrc_boxes(s_draw, height, width, (count, DRAWS), scale, ratio)
-  ok = _overlap_area(cand, key_box) >= MIN_COVER * cand[..., 2] * cand[..., 3]
-  chosen = _pick_first(ok, tf.concat([cand, tf.cast(cand_centred, tf.float64)[..., None]], -1))
-  chosen, chosen_centred = chosen[:, :4], chosen[:, 4] > 0
+  cand, fits, target = _tries(s_draw, height, width, (count,), scale, ratio, DRAWS)
+  ok = fits & (_overlap_area(cand, key_box) >= MIN_COVER * target)
   free, free_centred = rrc_boxes(s_free, height, width, (count,), scale, ratio)
   found = tf.reduce_any(ok, axis=-1)
-  boxes = tf.where(found[:, None], chosen, free)
-  return boxes, tf.where(found, chosen_centred, free_centred), tf.logical_not(found)
+  boxes = tf.where(found[:, None], _pick_first(ok, cand), free)
+  return boxes, free_centred & tf.logical_not(found), tf.logical_not(found)
 
 
 def crop_boxes(seed, height, width, layout, constrained: bool):

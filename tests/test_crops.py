@@ -45,8 +45,8 @@ def _assert_valid_rrc(boxes, scale, height=H, width=W):
   assert ((w - 0.5) / (h + 0.5) <= 4 / 3).all()
 
 
-def _cover(small, key):
-  """Part of each small box (area in pixels) inside the key box, float64."""
+def _overlap(small, key):
+  """Area in pixels of each small box inside the key box, float64."""
 
   def extent(s, k, a, b):
     return np.clip(
@@ -57,7 +57,17 @@ def _cover(small, key):
     )
 
   small, key = small.astype(np.float64), key.astype(np.float64)
-  return extent(small, key, 0, 2) * extent(small, key, 1, 3) / (small[..., 2] * small[..., 3])
+  return extent(small, key, 0, 2) * extent(small, key, 1, 3)
+
+
+def _cover(small, key):
+  """Part of each small box inside the key box."""
+  return _overlap(small, key) / (small[..., 2] * small[..., 3]).astype(np.float64)
+
+
+def _target_floor(boxes):
+  """A lower bound of the unrounded target area behind w = round(sqrt(a r)), h = ..."""
+  return (boxes[..., 2] - 0.5) * (boxes[..., 3] - 0.5)
 
 
 def test_10k_draws_in_range_and_constraint_holds():
@@ -66,8 +76,8 @@ def test_10k_draws_in_range_and_constraint_holds():
   small, small_centred, small_free = out['small']
   _assert_valid_rrc(large[~large_centred], (0.2, 1.0))
   _assert_valid_rrc(small[~small_centred], (0.05, 0.14))
-  cover = _cover(small, large[:, 1])
-  assert (cover[~small_free] >= 0.1).all()
+  overlap = _overlap(small, large[:, 1])
+  assert (overlap >= 0.1 * _target_floor(small))[~small_free].all()
   rate = small_free.mean()
   print(
     f'constraint fallback rate (ours, 427x640, 40,000 small crops): {rate:.4%}; '
@@ -97,6 +107,47 @@ def test_constrained_draws_follow_the_rule_for_a_fixed_key_crop():
   assert abs(unconstrained.mean() - (1 - p) ** 10) < 0.01, (unconstrained.mean(), (1 - p) ** 10)
   assert scipy.stats.ks_2samp(cover[~unconstrained], draw_cover[draw_cover >= 0.1]).pvalue > 1e-3
   assert scipy.stats.ks_2samp(cover[unconstrained], draw_cover).pvalue > 1e-3
+
+
+def _original_conditioned(rng, key, n, scale, height, width):
+  """The original's get_params_conditioned, typed in from SPEC.md section 3: up to 10 draws
+  (a draw that does not fit the image uses one up) until >= 10 % of the target area lies in
+  the key box; else an unconstrained draw. Returns (areas [n], fell back [n])."""
+  areas, fallback = [], []
+  for _ in range(n):
+    for _ in range(10):
+      target = rng.uniform(*scale) * height * width
+      aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+      w, h = round(np.sqrt(target * aspect)), round(np.sqrt(target / aspect))
+      if 0 < w <= width and 0 < h <= height:
+        box = np.array([rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w])
+        if _overlap(box[None], key[None])[0, 0] >= 0.1 * target:
+          areas.append(h * w)
+          fallback.append(False)
+          break
+    else:
+      fallback.append(True)
+  return np.array(areas), np.array(fallback)
+
+
+def test_constrained_crops_match_the_original_on_an_elongated_image():
+  """On a 120 x 900 image many small draws do not fit; each such draw uses up one of the 10."""
+  height, width, n, scale = 120, 900, 6000, (0.05, 0.14)
+  key = np.array([10.0, 300.0, 100.0, 90.0])
+  boxes, _, fell_back = (
+    np.asarray(x)
+    for x in crops.constrained_boxes(
+      tf.constant([3, 4], tf.int64), height, width, tf.constant(key, tf.float64), n, scale
+    )
+  )
+  areas, their_fallback = _original_conditioned(np.random.default_rng(0), key, n, scale,
+                                                height, width)
+  rate, their_rate = fell_back.mean(), their_fallback.mean()
+  assert 0.05 < their_rate < 0.5  # the case where the counting of misfits matters
+  se = np.sqrt(their_rate * (1 - their_rate) * 2 / n)
+  assert abs(rate - their_rate) < 4 * se, (rate, their_rate)
+  ours = boxes[~fell_back]
+  assert scipy.stats.ks_2samp(ours[:, 2] * ours[:, 3], areas).pvalue > 1e-3
 
 
 def _torch_boxes(n, scale, height, width):
