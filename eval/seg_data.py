@@ -2,7 +2,8 @@
 
 Items are (image, mask): a uint8 tv_tensors.Image (3, H, W) and an int64 tv_tensors.Mask
 (H, W) of class indices with 255 = ignore, so torchvision.transforms.v2 moves both together
-(bilinear for the image, nearest for the mask).
+(the mask always nearest). The training chains follow the original's (its fblib / vanilla
+transforms on cv2).
 """
 from pathlib import Path
 
@@ -130,46 +131,70 @@ class Cityscapes(SegmentationSet):
     return cityscapes_train_ids(read_index_png(self.masks[index]))
 
 
-FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
+# The original's cv2.INTER_CUBIC for images (masks are always resized nearest).
+BICUBIC = v2.InterpolationMode.BICUBIC
 
 
 def voc_train_transform(size: int):
-  """Resize to size x size, random scale 0.75-1.25 and rotation +-5 deg, flip."""
+  """The original's chain: flip, rotation +-5 deg and scale 0.75-1.25 about the centre, then
+  resize to size x size. The border the affine uncovers is 0 in the image and in the mask
+  (background), as the original's cv2.warpAffine leaves it; torchvision's affine on tensors
+  has no bicubic, so that step is bilinear (the original's: bicubic)."""
   return v2.Compose([
-      v2.Resize((size, size)),
-      v2.RandomAffine(degrees=5, scale=(0.75, 1.25),
-                      interpolation=v2.InterpolationMode.BILINEAR, fill=FILL),
       v2.RandomHorizontalFlip(),
+      v2.RandomAffine(degrees=5, scale=(0.75, 1.25),
+                      interpolation=v2.InterpolationMode.BILINEAR, fill=0),
+      v2.Resize((size, size), interpolation=BICUBIC),
       normalize(),
   ])
 
 
 def resize_image_only(size: int):
   """Resizes the image to size x size and leaves the mask at the original resolution."""
-  resize, norm = v2.Resize((size, size)), normalize()
+  resize, norm = v2.Resize((size, size), interpolation=BICUBIC), normalize()
   return lambda image, mask: (norm(resize(image)), mask)
 
 
+def resize_pair(image, mask, size):
+  return TF.resize(image, size, interpolation=BICUBIC), TF.resize(mask, size)
+
+
 class RandomScale:
-  """Resizes image and mask by a factor drawn uniformly from a discrete list."""
+  """Resizes image and mask by a factor drawn uniformly from a discrete list (sizes
+  truncated, as the original's int(side * scale))."""
 
   def __init__(self, scales):
     self.scales = tuple(scales)
 
   def __call__(self, image, mask):
     scale = self.scales[int(torch.randint(len(self.scales), ()))]
-    size = [round(image.shape[-2] * scale), round(image.shape[-1] * scale)]
-    return TF.resize(image, size), TF.resize(mask, size)
+    return resize_pair(image, mask, [int(image.shape[-2] * scale), int(image.shape[-1] * scale)])
+
+
+class CoverCrop:
+  """The original's random crop: an image with a side below the crop is first enlarged until
+  its short side is crop + 1 (never padded), then a uniformly placed crop is cut."""
+
+  def __init__(self, size: int):
+    self.size = size
+    self.crop = v2.RandomCrop(size)
+
+  def __call__(self, image, mask):
+    h, w = image.shape[-2:]
+    if min(h, w) < self.size:
+      scale = self.size / min(h, w)
+      image, mask = resize_pair(image, mask, [int(scale * h + 1), int(scale * w + 1)])
+    return self.crop(image, mask)
 
 
 CITYSCAPES_SCALES = tuple(0.5 + 0.25 * i for i in range(7))
 
 
 def cityscapes_train_transform(crop: int, scales=CITYSCAPES_SCALES):
-  """Random scale from {0.5, ..., 2.0}, random crop (padded with ignore), flip."""
+  """Random scale from {0.5, ..., 2.0}, random crop (small images enlarged), flip."""
   return v2.Compose([
       RandomScale(scales),
-      v2.RandomCrop(crop, pad_if_needed=True, fill=FILL),
+      CoverCrop(crop),
       v2.RandomHorizontalFlip(),
       normalize(),
   ])

@@ -91,18 +91,23 @@ def datasets(args):
   return train, val
 
 
+def lr_factor(args, epoch: int) -> float:
+  """The original's per-epoch schedule (epochs counted from 0): x0.1 for each milestone the
+  epoch exceeds, or poly decay (1 - epoch / epochs) ** 0.9 when there are none."""
+  if args.milestones:
+    return 0.1 ** sum(epoch > m for m in args.milestones)
+  return (1 - epoch / args.epochs) ** 0.9
+
+
 def optimizer_and_schedule(args, model, steps_per_epoch):
-  """The protocol's optimizer; the schedule is stepped once per iteration."""
+  """The protocol's optimizer; the schedule is stepped per iteration, its value set per epoch."""
   if args.optimizer == 'sgd':
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
                           weight_decay=args.weight_decay)
   else:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-  if args.milestones:
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, [m * steps_per_epoch for m in args.milestones], gamma=0.1)
-  else:
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, args.epochs * steps_per_epoch, power=0.9)
+  sched = torch.optim.lr_scheduler.LambdaLR(
+      opt, lambda step: lr_factor(args, step // steps_per_epoch))
   return opt, sched
 
 
@@ -238,7 +243,7 @@ def parse_args(argv=None):
   parser.add_argument('--weight_decay', type=float)
   parser.add_argument('--optimizer', choices=('sgd', 'adam'))
   parser.add_argument('--milestones', type=int, nargs='*',
-                      help='epochs after which lr x0.1; none means poly 0.9 decay')
+                      help='lr x0.1 in the epochs (from 0) past each; none means poly 0.9 decay')
   parser.add_argument('--size', type=int, help='VOC: train/val resize; Cityscapes: train crop')
   parser.add_argument('--dilation', type=int, help='dilation of the head convs')
   parser.add_argument('--workers', type=int, default=4)

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from eval import segmentation, seg_data
+from eval.common import IMAGENET_MEAN, IMAGENET_STD
 from eval.metrics import iou_per_class
 from fixtures_eval import resnet50_pth, single_thread, write_cityscapes, write_voc12  # noqa: F401
 
@@ -19,6 +20,7 @@ single_thread()
 
 # SPEC.md section 5: trainIds 0-18 are these labelIds, everything else is 255.
 SPEC_TRAIN_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+IGNORE_VALUE = 255
 TINY = ['--epochs', '1', '--batch_size', '2', '--size', '32', '--workers', '0']
 
 
@@ -30,27 +32,45 @@ def test_cityscapes_train_ids_match_spec():
   assert len(seg_data.CITYSCAPES_CLASSES) == 19
 
 
-def test_voc_augmentation_keeps_mask_values_and_pads_with_ignore():
+def test_voc_augmentation_keeps_mask_values_and_fills_the_border_with_background():
   torch.manual_seed(0)
   image = tv_tensors.Image(torch.full((3, 50, 70), 200, dtype=torch.uint8))
-  mask = tv_tensors.Mask(torch.randint(0, 3, (50, 70)) * 7)  # Values 0, 7, 14 only.
-  seen = set()
+  mask = tv_tensors.Mask(torch.randint(1, 3, (50, 70)) * 7)  # Values 7 and 14 only.
+  seen, border = set(), 0
   for _ in range(10):
     out_image, out_mask = seg_data.voc_train_transform(64)(image, mask)
     assert out_image.shape == (3, 64, 64) and out_image.dtype == torch.float32
     assert out_mask.shape == (64, 64)
     seen |= set(out_mask.unique().tolist())
-  # Nearest interpolation: no blended values; zoom-out / rotation pads with 255.
-  assert seen <= {0, 7, 14, 255} and 255 in seen
+    # Where the affine uncovered the border, the image is black: the mask says background.
+    zero = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    black = (out_image - zero[:, None, None]).abs().max(0).values < 1e-4
+    assert (out_mask[black] == 0).all()
+    border += int(black.sum())
+  # Nearest interpolation: no blended values; the uncovered border is background (0), as the
+  # original's cv2.warpAffine leaves it, not ignore.
+  assert seen <= {0, 7, 14} and 0 in seen and border > 0
 
 
-def test_cityscapes_crop_pads_small_images_with_ignore():
+def test_cityscapes_crop_enlarges_small_images_instead_of_padding():
+  """The original's RandomCrop scales an image with a side below the crop up (short side to
+  crop + 1) rather than padding it."""
+  image = tv_tensors.Image(torch.arange(20 * 30, dtype=torch.uint8).reshape(1, 20, 30)
+                           .expand(3, 20, 30).clone())
+  mask = tv_tensors.Mask(torch.arange(20 * 30).reshape(20, 30) % 19)
+  for seed in range(5):
+    torch.manual_seed(seed)
+    out_image, out_mask = seg_data.CoverCrop(96)(image, mask)
+    assert out_image.shape == (3, 96, 96) and out_mask.shape == (96, 96)
+    # Scale 96 / 20 = 4.8: the enlarged image is int(4.8 * 20 + 1) x int(4.8 * 30 + 1) =
+    # 97 x 145, and the mask is its nearest resize, cropped.
+    full = seg_data.resize_pair(image, mask, [97, 145])[1]
+    matches = [(t, l) for t in range(2) for l in range(50)
+               if torch.equal(full[t:t + 96, l:l + 96], out_mask)]
+    assert matches, seed
   torch.manual_seed(0)
-  image = tv_tensors.Image(torch.zeros((3, 20, 30), dtype=torch.uint8))
-  mask = tv_tensors.Mask(torch.ones((20, 30), dtype=torch.int64))
   out_image, out_mask = seg_data.cityscapes_train_transform(96)(image, mask)
-  assert out_image.shape == (3, 96, 96) and out_mask.shape == (96, 96)
-  assert set(out_mask.unique().tolist()) == {1, 255}
+  assert out_image.shape == (3, 96, 96) and IGNORE_VALUE not in out_mask.unique().tolist()
 
 
 def test_fcn_has_output_stride_16_and_the_protocol_head(resnet50_pth):  # noqa: F811
@@ -67,6 +87,26 @@ def test_fcn_has_output_stride_16_and_the_protocol_head(resnet50_pth):  # noqa: 
   with torch.no_grad():
     assert model.backbone(x).shape == (1, 2048, 6, 4)
     assert model(x).shape == (1, 21, 96, 64) and model(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize('dataset', ['voc', 'cityscapes'])
+def test_lr_schedule_is_the_originals_per_epoch_one(dataset):
+  """The original sets the lr at each epoch's start: VOC x0.1 once the epoch (from 0) exceeds
+  30 and again past 40; Cityscapes poly 0.9 over the epoch index."""
+  args = segmentation.parse_args(['w.pth', '--dataset', dataset, '--data', 'd', '--workdir', 'w'])
+  steps = 3
+  opt, sched = segmentation.optimizer_and_schedule(args, torch.nn.Linear(2, 2), steps)
+  seen = []
+  for _ in range(args.epochs):
+    seen.append(sched.get_last_lr()[0])
+    for _ in range(steps):
+      opt.step()
+      sched.step()
+  if dataset == 'voc':
+    expected = [0.003] * 31 + [0.0003] * 10 + [0.00003] * 4
+  else:
+    expected = [1e-4 * (1 - e / 150) ** 0.9 for e in range(150)]
+  np.testing.assert_allclose(seen, expected, rtol=1e-12)
 
 
 def test_voc_layout_errors_name_the_path(tmp_path):
