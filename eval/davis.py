@@ -123,9 +123,8 @@ def extract_features(model, frames, device, batch_size=4):
   for s in range(0, len(frames), batch_size):
     x = torch.from_numpy(frames[s:s + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
     x = (x - mean) / std
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
-      f = model(x)
-    out.append(F.normalize(f.float(), dim=1).permute(0, 2, 3, 1))
+    f = model(x)  # float32, as Jabri et al.: top-10 picks are sensitive to near-ties
+    out.append(F.normalize(f, dim=1).permute(0, 2, 3, 1))
   return torch.cat(out)
 
 

@@ -93,8 +93,7 @@ def image_segments(trunk, dataset, args, device, desc):
   """Yields (index, segment map at the mask's resolution, small segment map, descriptors, mask)."""
   loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=args.workers)
   for i, (image, mask) in enumerate(tqdm(loader, desc=desc)):
-    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
-      grid = trunk(image.to(device))[0]
+    grid = trunk(image.to(device))[0]  # float32: clusters and 1-NN picks feel rounding
     small, descriptors = segment(grid, args.clusters, args.seed)
     mask = mask[0].numpy()
     yield i, upsample(small, mask.shape), small, descriptors, mask
