@@ -49,16 +49,17 @@ def eval_batches(
   if isinstance(source, str):
     source = sources.open_source(source, with_labels=True)
   tf = sources.import_tf()
-  if isinstance(source, sources.TFDSSource):
+  tfds = isinstance(source, sources.TFDSSource)
+  if tfds and not source.random_access:
     elements = source.stream(0, len(source)).shard(process_count, process_index)
     describe = lambda p: f'{source.name}/{source.split}[{p * process_count + process_index}]'  # noqa: E731
   else:
-    if source.labels is None:
+    if not tfds and source.labels is None:  # a TFDS source's labels come with its records
       raise ValueError(
         f'evaluation source {source.name!r} has no labels (a folder needs class sub-folders)'
       )
     ids = np.arange(process_index, len(source), process_count)
-    elements = source.elements(ids)
+    elements = source.fetch(source.elements(ids))
     describe = lambda p: source.describe(int(ids[p]))  # noqa: E731
 
   def decode(position, element):

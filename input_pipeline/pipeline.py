@@ -5,7 +5,8 @@ batches, and each process reads its slice of every global batch (``epoch_order``
 of an image use a stateless seed from (seed, epoch, image_id). So the batches depend on
 (seed, epoch, batch index) only, not on parallelism, and a run resumed at (epoch, batch)
 skips file names (before any decoding) and sees the batches a full run would have seen. A
-TFDS source is read in stored order, so it gets a seeded buffer shuffle instead.
+TFDS source stored as array_record is read the same way (records fetched by id); one stored
+as tfrecord can only be read in stored order, so it gets a seeded buffer shuffle instead.
 
 Unreadable images (corrupt, truncated, not an image) are dropped by ``ignore_errors`` after
 decoding (errors in the crops still surface) and named in a warning; every element carries
@@ -125,6 +126,13 @@ class TrainIterator:
     epoch, batch = start
     if not 0 <= batch < self.steps:
       raise ValueError(f"start batch {batch} is outside the epoch's {self.steps} batches")
+    if self._streamed():
+      log.warning(
+        'TFDS %s/%s is stored as %s, which TFDS reads only in order: each epoch is that order '
+        'through a %d-image shuffle buffer, so it changes little between epochs (the original '
+        'permutes all images every epoch). Prepare it with file_format="array_record" for that.',
+        source.name, source.split, source.builder.info.file_format.value, TFDS_SHUFFLE_BUFFER,
+      )
     self.position = (epoch, batch)
     self.skipped: list[str] = []
     self._expected = batch * batch_size  # next position in the epoch's element list
@@ -149,8 +157,11 @@ class TrainIterator:
       self.position = (epoch, index + 1)
     return batch
 
+  def _streamed(self) -> bool:
+    return isinstance(self.source, sources.TFDSSource) and not self.source.random_access
+
   def _describe(self, epoch: int, position: int) -> str:
-    if isinstance(self.source, sources.TFDSSource):
+    if self._streamed():
       return f'{self.source.name}/{self.source.split}: position {position} of epoch {epoch}'
     order = _order_with_spare(
       len(self.source), self.seed, epoch, self.process_index, self.process_count, self.batch_size
@@ -161,7 +172,7 @@ class TrainIterator:
     """(image_id, payload, label) of this process for ``epoch`` (a tensor), then a spare copy."""
     tf = sources.import_tf()
     source = self.source
-    if isinstance(source, sources.TFDSSource):
+    if self._streamed():
       share = len(source) // self.process_count
       ds = source.stream(self.process_index * share, (self.process_index + 1) * share)
       seed = tf.constant(self.seed, tf.int64) * 1_000_003 + epoch
@@ -186,7 +197,7 @@ class TrainIterator:
     ids.set_shape([None])
     payloads.set_shape([None, *source.payload_shape])
     labels.set_shape([None])
-    return tf.data.Dataset.from_tensor_slices((ids, payloads, labels))
+    return source.fetch(tf.data.Dataset.from_tensor_slices((ids, payloads, labels)))
 
   def _dataset(self, start_epoch: int, start_batch: int):
     tf = sources.import_tf()

@@ -5,8 +5,8 @@ Every source yields tf.data elements ``(image_id int64, payload, label int64)`` 
 ``image_id`` is the image's index in the whole dataset (sorted file list, TFDS split order,
 array row), so per-image randomness does not depend on sharding. Folder and array sources
 allow random access: ``lookup(ids)`` gives numpy payloads and labels for ids in any order,
-``elements(ids)`` the same as a dataset; a TFDS source is read in its stored order
-(``stream``). Constructors check their input at once, so a bad path or dataset name fails
+``elements(ids)`` the same as a dataset, and ``fetch`` readies them for ``decode``; a TFDS
+source is read in its stored order (``stream``), or, stored as array_record, like a folder. Constructors check their input at once, so a bad path or dataset name fails
 before any device work.
 """
 
@@ -57,6 +57,11 @@ class _RandomAccess:
   def elements(self, ids: np.ndarray):
     ids = np.asarray(ids, np.int64)
     return import_tf().data.Dataset.from_tensor_slices((ids, *self.lookup(ids)))
+
+  @staticmethod
+  def fetch(elements):
+    """Elements from ``lookup`` made ready for ``decode`` (here they already are)."""
+    return elements
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -168,14 +173,27 @@ def demo_source(split: str = 'train') -> ArraySource:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TFDSSource:
-  """A prepared TFDS split, read in stored order with the image left encoded."""
+class TFDSSource(_RandomAccess):
+  """A prepared TFDS split with the image left encoded.
+
+  ``stream`` reads it in stored order. Stored as array_record (random access), it can also be
+  read in any order, like a folder: ``lookup`` gives ids as payloads and ``fetch`` reads their
+  records, many per call.
+  """
 
   name: str
   builder: object
   split: str
   image_key: str
   label_key: str | None
+  records: object = dataclasses.field(default=None, repr=False)  # the random-access reader
+  payload_dtype = 'int64'
+  payload_shape = ()
+  FETCH_GROUP = 64  # records per read: array_record reads them in parallel, one GIL crossing
+
+  @property
+  def random_access(self) -> bool:
+    return self.records is not None
 
   def __len__(self) -> int:
     return self.builder.info.splits[self.split].num_examples
@@ -200,6 +218,29 @@ class TFDSSource:
       return i, ex[image_key], label
 
     return ds.enumerate(start).map(element)
+
+  def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as payloads (``fetch`` reads the records) and placeholder labels."""
+    return np.asarray(ids, np.int64), np.full(len(ids), -1, np.int64)
+
+  def fetch(self, elements):
+    """(id, id, -1) elements -> (id, encoded image, label), reading FETCH_GROUP records a call."""
+    tf = import_tf()
+    image_key, label_key, records = self.image_key, self.label_key, self.records
+
+    def read(ids):
+      examples = records.__getitems__(ids.tolist())
+      images = np.array([ex[image_key] for ex in examples], dtype=object)
+      labels = np.array([ex[label_key] if label_key else -1 for ex in examples], np.int64)
+      return images, labels
+
+    def read_group(ids, _, __):
+      images, labels = tf.numpy_function(read, [ids], [tf.string, tf.int64], stateful=False)
+      images.set_shape(ids.shape)
+      labels.set_shape(ids.shape)
+      return ids, images, labels
+
+    return elements.batch(self.FETCH_GROUP).map(read_group).unbatch()
 
   @staticmethod
   def decode(payload):
@@ -237,7 +278,10 @@ def tfds_source(
   label = (
     'label' if isinstance(dict(features.items()).get('label'), tfds.features.ClassLabel) else None
   )
-  return TFDSSource(name, builder, split, images[0], label)
+  records = None
+  if builder.info.available_file_formats() & set(tfds.core.FileFormat.with_random_access()):
+    records = builder.as_data_source(split, decoders={images[0]: tfds.decode.SkipDecoding()})
+  return TFDSSource(name, builder, split, images[0], label, records)
 
 
 def open_source(

@@ -36,6 +36,9 @@ def load(name: str, split: str, data_dir=None, image_key=None):
                             decoders={image_key: tfds.decode.SkipDecoding()})
   except (AssertionError, ValueError) as e:
     raise not_found(e) from None
+  except NotImplementedError:  # TFDS reads array_record only by random access
+    raise ValueError(f'TFDS dataset {name!r} is stored as {builder.info.file_format.value}; the '
+                     'evaluations read it in order, which needs file_format="tfrecord"') from None
   return builder, ds, image_key
 
 

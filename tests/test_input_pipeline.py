@@ -1,5 +1,6 @@
 """The tf.data input: sources, bad files, determinism, resume, evaluation images, devices."""
 
+import functools
 import io
 import logging
 
@@ -10,7 +11,7 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from input_pipeline import eval_data, pipeline, sources
+from input_pipeline import eval_data, pipeline, sources, tfds_eval
 from input_pipeline.demo_data import PALETTE, load_demo
 
 TINY = (('large', 2, 16, (0.2, 1.0)), ('small', 2, 8, (0.05, 0.14)))
@@ -199,8 +200,9 @@ def test_bad_files_are_skipped_counted_and_named(messy_folder, caplog):
     assert str(d / b) in caplog.text
 
 
-def _tiny_tfds_builder(data_dir):
-  """A real prepared TFDS dataset (24 solid-colour PNGs, 3 classes) made locally, no download."""
+@functools.cache
+def _tiny_tfds_class():
+  """A TFDS builder of 24 solid-colour PNGs in 3 classes (registered once per process)."""
   import tensorflow_datasets as tfds
 
   class TinySolidImages(tfds.core.GeneratorBasedBuilder):
@@ -222,9 +224,18 @@ def _tiny_tfds_builder(data_dir):
 
     def _generate_examples(self):
       for k in range(24):
-        yield k, {'image': np.full((20, 30, 3), k * 10, np.uint8), 'label': k % 3}
+        yield k, {'image': _solid_image(k), 'label': k % 3}
 
-  TinySolidImages(data_dir=data_dir).download_and_prepare()
+  return TinySolidImages
+
+
+def _tiny_tfds_builder(data_dir, file_format='tfrecord'):
+  """The tiny dataset prepared locally (no download), stored as ``file_format``."""
+  _tiny_tfds_class()(data_dir=data_dir, file_format=file_format).download_and_prepare()
+
+
+def _solid_image(k):
+  return np.full((20, 30, 3), k * 10, np.uint8)
 
 
 def test_tfds_source_train_resume_and_eval(tmp_path):
@@ -259,6 +270,55 @@ def test_tfds_source_train_resume_and_eval(tmp_path):
     start=(1, 1),
   )
   np.testing.assert_array_equal(next(resumed)['large'], full[7]['large'])
+
+
+def test_tfds_array_record_source_reads_like_the_images_in_memory(tmp_path, caplog):
+  """Stored as array_record, a TFDS split is permuted every epoch like a folder: the batches
+  equal those of the same images held in memory (same ids, same crops), resumes included."""
+  _tiny_tfds_builder(str(tmp_path), file_format='array_record')
+  import tensorflow_datasets as tfds
+
+  source = sources.open_source('tfds:tiny_solid_images', data_dir=str(tmp_path))
+  assert source.random_access
+  # TFDS's own reader and decoder, in stored order (TFDS shuffled the examples when preparing).
+  stored = tfds.data_source('tiny_solid_images', split='train', data_dir=str(tmp_path))
+  memory = sources.array_source('same', np.stack([stored[i]['image'] for i in range(24)]))
+  kwargs = dict(
+    layout=(('large', 2, 16, (0.2, 1.0)),), constrained=False, batch_size=4, seed=3,
+    process_index=0, process_count=1,
+  )
+  with caplog.at_level('WARNING'):
+    got = _take(pipeline.TrainIterator(source, **kwargs), 12)  # two epochs of 6 batches
+  assert not [r for r in caplog.records if 'shuffle buffer' in r.getMessage()]
+  want = _take(pipeline.TrainIterator(memory, **kwargs), 12)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g['image_id'], w['image_id'])
+    np.testing.assert_array_equal(g['large'], w['large'])
+  for epoch in range(2):
+    ids = np.concatenate([b['image_id'] for b in got[6 * epoch : 6 * epoch + 6]])
+    np.testing.assert_array_equal(ids, pipeline.epoch_order(24, 3, epoch, 0, 1, 4))
+  resumed = pipeline.TrainIterator(source, start=(1, 2), **kwargs)
+  np.testing.assert_array_equal(next(resumed)['large'], got[8]['large'])
+  # Evaluation reads it too (as_dataset cannot): every image once, with its label.
+  evals = list(eval_data.eval_batches(source, batch_size=5, resize=20, crop=16))
+  np.testing.assert_array_equal(np.concatenate([b['image_id'] for b in evals]), np.arange(24))
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in evals]),
+                                [stored[i]['label'] for i in range(24)])
+  with pytest.raises(ValueError, match='stored as array_record'):
+    tfds_eval.load('tiny_solid_images', 'train', str(tmp_path), image_key='image')
+
+
+def test_tfds_tfrecord_source_warns_that_its_order_barely_changes(tmp_path, caplog):
+  _tiny_tfds_builder(str(tmp_path))
+  source = sources.open_source('tfds:tiny_solid_images', data_dir=str(tmp_path))
+  assert not source.random_access
+  with caplog.at_level('WARNING'):
+    pipeline.TrainIterator(
+      source, layout=(('large', 2, 16, (0.2, 1.0)),), constrained=False, batch_size=4, seed=0,
+      process_index=0, process_count=1,
+    )
+  assert any('array_record' in r.getMessage() and 'tiny_solid_images/train' in r.getMessage()
+             for r in caplog.records)
 
 
 def test_source_errors_are_clear(tmp_path):
