@@ -6,8 +6,9 @@ Every source yields tf.data elements ``(image_id int64, payload, label int64)`` 
 array row), so per-image randomness does not depend on sharding. Folder and array sources
 allow random access: ``lookup(ids)`` gives numpy payloads and labels for ids in any order,
 ``elements(ids)`` the same as a dataset, and ``fetch`` readies them for ``decode``; a TFDS
-source is read in its stored order (``stream``), or, stored as array_record, like a folder. Constructors check their input at once, so a bad path or dataset name fails
-before any device work.
+source is read in its stored order (``stream``), or, stored as array_record, like a folder.
+Constructors check their input at once, so a bad path or dataset name fails before any
+device work.
 """
 
 import dataclasses
