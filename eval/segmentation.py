@@ -123,8 +123,7 @@ def evaluate(model, val_set, num_classes, device, rank=0, world=1, workers=0) ->
   shard = torch.utils.data.Subset(val_set, range(rank, len(val_set), world))
   loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=workers)
   for image, mask in tqdm(loader, desc='val', disable=rank != 0):
-    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
-      logits = model(image.to(device))
+    logits = model(image.to(device))
     pred = logits.argmax(1, keepdim=True).float()
     pred = F.interpolate(pred, size=mask.shape[-2:], mode='nearest')[0, 0]
     confusion += torch.from_numpy(
@@ -157,7 +156,8 @@ def train_run(args, run: int, device, rank=0, world=1) -> dict:
   num_classes = len(args.classes)
   model = build_fcn(args.weights, num_classes, args.dilation, device)
   if world > 1:
-    if args.sync_bn:
+    sync_bn = device.type == 'cuda' if args.sync_bn is None else args.sync_bn
+    if sync_bn:
       model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -188,9 +188,7 @@ def train_run(args, run: int, device, rank=0, world=1) -> dict:
     model.train()
     for images, masks in loader:
       images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-      with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
-        logits = model(images)
-      loss = loss_fn(logits, masks)
+      loss = loss_fn(model(images), masks)  # float32 throughout, as the original
       if not torch.isfinite(loss):
         raise FloatingPointError(f'run {run} epoch {epoch}: loss is {loss.item()}')
       opt.zero_grad(set_to_none=True)
@@ -247,7 +245,9 @@ def parse_args(argv=None):
   parser.add_argument('--size', type=int, help='VOC: train/val resize; Cityscapes: train crop')
   parser.add_argument('--dilation', type=int, help='dilation of the head convs')
   parser.add_argument('--workers', type=int, default=4)
-  parser.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun')
+  parser.add_argument('--sync_bn', action=argparse.BooleanOptionalAction,
+                      help="SyncBatchNorm under torchrun, as the original's multi-GPU script "
+                           '(default: on CUDA; torch has it only there)')
   parser.add_argument('--select', choices=('last', 'best'), default='last',
                       help="report the last epoch, or score val after every epoch and report "
                            "the best one (the original's model selection, on the val set)")
