@@ -65,9 +65,11 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   if m.queue_size % batch:
     raise ValueError(f'config.method.queue_size={m.queue_size} is not a multiple of '
                      f'config.data.global_batch={batch}')
-  if m.kind == 'ours' and not 1 <= m.knn_topk <= m.queue_size // devices:
-    raise ValueError(f'config.method.knn_topk={m.knn_topk}: expected 1 to the '
-                     f'{m.queue_size // devices} queue rows per device')
+  if m.kind == 'ours' and m.knn_topk < 1:
+    raise ValueError(f'config.method.knn_topk={m.knn_topk}: expected >= 1')
+  if m.kind == 'ours' and m.knn_topk > m.queue_size // devices:
+    raise ValueError(f'config.method.knn_topk={m.knn_topk} exceeds the {m.queue_size // devices} '
+                     f'queue rows per device')
   if config.model.stem not in STEMS:
     raise ValueError(f'config.model.stem={config.model.stem!r}: expected one of {STEMS}')
   for field, value in (('model.dtype', config.model.dtype),
