@@ -15,6 +15,7 @@ from configs.base import get_base_config
 from converters.export_torch import export
 from converters.import_torch import import_weights
 from converters.mapping import torch_order
+from revisit_jax import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 K = 64
@@ -76,9 +77,15 @@ def test_original_checkpoint_survives_import_and_moco_export(tmp_path):
   summary = import_weights(tmp_path / 'orig.pth.tar', tmp_path / 'run', small_config(), 100)
   assert summary['source_format'] == 'moco' and summary['step'] == 500
   assert summary['momentum_imported']
+  before = torch.load(tmp_path / 'orig.pth.tar', weights_only=True)
+  # The original's queues are columns [dim, K]; the imported ones hold key i in row i.
+  state, _ = checkpoint.restore(tmp_path / 'run')
+  np.testing.assert_array_equal(state['queue'], before['state_dict']['module.queue'].numpy().T)
+  np.testing.assert_array_equal(state['queue_h'],
+                                before['state_dict']['module.queue_backbone'].numpy().T)
+  assert int(np.asarray(state['queue_ptr']).ravel()[0]) == 48
   export(tmp_path / 'run', tmp_path / 'back.pth', 'moco')
 
-  before = torch.load(tmp_path / 'orig.pth.tar', weights_only=True)
   after = torch.load(tmp_path / 'back.pth', weights_only=True)
   assert (after['epoch'], after['arch']) == (before['epoch'], before['arch'])
   assert after['state_dict'].keys() == before['state_dict'].keys()

@@ -301,3 +301,11 @@ def test_real_sequence(resnet50_pth, tmp_path):  # noqa: F811
   copy_ground_truth(CAR_SHADOW, tmp_path / 'gt', ['car-shadow'])
   exact = davis.main(['--results_path', str(tmp_path / 'gt'), '--data', str(CAR_SHADOW)])
   assert exact['J&F-Mean'] == 1
+
+
+def test_layer3_features_have_stride_8_and_1024_channels(resnet50_pth):  # noqa: F811
+  """SPEC.md: layer3 output with layer3's stride set to 1 (stride 8, 1024-d); torchvision's
+  own layer3 would give stride 16."""
+  net = davis.layer3_extractor(resnet50_pth, torch.device('cpu'))
+  with torch.no_grad():
+    assert net(torch.zeros(1, 3, 64, 96)).shape == (1, 1024, 8, 12)

@@ -52,6 +52,25 @@ def test_voc_augmentation_keeps_mask_values_and_fills_the_border_with_background
   assert seen <= {0, 7, 14} and 0 in seen and border > 0
 
 
+@pytest.mark.parametrize('dataset', ['voc', 'cityscapes'])
+def test_augmentation_moves_image_and_mask_together(dataset):
+  """Left half dark and class 7, right half bright and class 14: after the random flip,
+  affine / scale, crop and resize, the mask still says which side each pixel came from."""
+  image = torch.full((3, 60, 80), 40, dtype=torch.uint8)
+  image[:, :, 40:] = 220
+  mask = torch.full((60, 80), 7, dtype=torch.int64)
+  mask[:, 40:] = 14
+  transform = (seg_data.voc_train_transform(48) if dataset == 'voc'
+               else seg_data.cityscapes_train_transform(48, scales=(0.75, 1.0)))
+  for seed in range(8):
+    torch.manual_seed(seed)
+    out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    bright = out_image.mean(0) > 0.5  # normalised: 220 is far above, 40 far below
+    for label, side in ((7, ~bright), (14, bright)):
+      inside = out_mask == label
+      assert side[inside].float().mean() > 0.9, (seed, label)  # all but the edge column
+
+
 def test_cityscapes_crop_enlarges_small_images_instead_of_padding():
   """The original's RandomCrop scales an image with a side below the crop up (short side to
   crop + 1) rather than padding it."""
