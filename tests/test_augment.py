@@ -371,6 +371,26 @@ def test_grayscale_and_autoaugment_rates(batch, augment):
   assert abs(rate[1] - 0.2) < 0.05 and abs(rate[0] - 0.1) < 0.04, rate  # 4 std
 
 
+def test_moco_chain_flip_and_jitter_rates():
+  """On a grey left-to-right ramp only the flip turns the slope around, and only the jitter
+  (brightness, contrast) moves the middle columns: grey stays grey, hue and saturation have
+  nothing to act on, and a Gaussian blur keeps a linear ramp away from its borders. Over
+  2,000 draws: flipped at rate 0.5, jittered at 0.8 (4 standard deviations)."""
+  ramp = np.linspace(40, 220, 32)
+  crop = jnp.asarray(np.broadcast_to(ramp[None, :, None], (32, 32, 3)).astype(np.uint8))
+  keys = jax.random.split(jax.random.PRNGKey(11), 2000)
+  out = np.asarray(jax.jit(jax.vmap(moco_v2_crop, in_axes=(0, None)))(keys, crop))
+  out = out * np.array(color.IMAGENET_STD) + np.array(color.IMAGENET_MEAN)
+  columns = out.mean(axis=(1, 3))  # [draws, 32]
+  flipped = columns[:, -1] < columns[:, 0]
+  original = np.asarray(crop[0, :, 0], np.float64) / 255
+  unjittered = np.where(flipped[:, None], original[::-1], original)
+  middle = slice(blur.kernel_radius(), 32 - blur.kernel_radius())
+  jittered = (np.abs(columns - unjittered)[:, middle] > 0.01).any(axis=1)
+  assert abs(flipped.mean() - 0.5) < 0.045 and abs(jittered.mean() - 0.8) < 0.036, (
+      flipped.mean(), jittered.mean())
+
+
 @pytest.mark.parametrize('args, match', [
     (dict(crops=jnp.zeros((2, 2, 8, 8, 3), jnp.float32)), 'uint8'),
     (dict(crop_ids=(0,)), 'crop_ids'),
