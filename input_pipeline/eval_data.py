@@ -49,12 +49,12 @@ def eval_batches(
   if isinstance(source, str):
     source = sources.open_source(source, with_labels=True)
   tf = sources.import_tf()
-  tfds = isinstance(source, sources.TFDSSource)
-  if tfds and not source.random_access:
+  if not source.random_access:
     elements = source.stream(0, len(source)).shard(process_count, process_index)
     describe = lambda p: f'{source.name}/{source.split}[{p * process_count + process_index}]'  # noqa: E731
   else:
-    if not tfds and source.labels is None:  # a TFDS source's labels come with its records
+    # A TFDS source's labels come with its records.
+    if not isinstance(source, sources.TFDSSource) and source.labels is None:
       raise ValueError(
         f'evaluation source {source.name!r} has no labels (a folder needs class sub-folders)'
       )

@@ -126,7 +126,7 @@ class TrainIterator:
     epoch, batch = start
     if not 0 <= batch < self.steps:
       raise ValueError(f"start batch {batch} is outside the epoch's {self.steps} batches")
-    if self._streamed():
+    if not self.source.random_access:
       log.warning(
         'TFDS %s/%s is stored as %s, which TFDS reads only in order: each epoch is that order '
         'through a %d-image shuffle buffer, so it changes little between epochs (the original '
@@ -157,11 +157,8 @@ class TrainIterator:
       self.position = (epoch, index + 1)
     return batch
 
-  def _streamed(self) -> bool:
-    return isinstance(self.source, sources.TFDSSource) and not self.source.random_access
-
   def _describe(self, epoch: int, position: int) -> str:
-    if self._streamed():
+    if not self.source.random_access:
       return f'{self.source.name}/{self.source.split}: position {position} of epoch {epoch}'
     order = _order_with_spare(
       len(self.source), self.seed, epoch, self.process_index, self.process_count, self.batch_size
@@ -172,7 +169,7 @@ class TrainIterator:
     """(image_id, payload, label) of this process for ``epoch`` (a tensor), then a spare copy."""
     tf = sources.import_tf()
     source = self.source
-    if self._streamed():
+    if not self.source.random_access:
       share = len(source) // self.process_count
       ds = source.stream(self.process_index * share, (self.process_index + 1) * share)
       seed = tf.constant(self.seed, tf.int64) * 1_000_003 + epoch

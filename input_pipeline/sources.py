@@ -51,6 +51,7 @@ class _RandomAccess:
   """Shared by the sources that can look images up by id."""
 
   labels: np.ndarray | None
+  random_access = True  # False: only ``stream`` reads it (a TFDS split stored as tfrecord)
 
   def labels_of(self, ids: np.ndarray) -> np.ndarray:
     return self.labels[ids] if self.labels is not None else np.full(len(ids), -1, np.int64)
