@@ -165,24 +165,29 @@ def checkpoint_weights(path):
   return torch.load(path, weights_only=True)['model']
 
 
+def interrupted_run(argv, monkeypatch, after_checkpoints: int):
+  """segmentation.main(argv) stopped by an interruption right after its n-th checkpoint."""
+  real_replace, saved = os.replace, []
+
+  def replace_then_crash(src, dst):
+    real_replace(src, dst)
+    saved.append(dst)
+    if len(saved) == after_checkpoints:
+      raise KeyboardInterrupt('simulated interruption')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(segmentation.os, 'replace', replace_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+      segmentation.main(argv)
+
+
 def test_voc_end_to_end_and_resume(tmp_path, resnet50_pth, monkeypatch):  # noqa: F811
   data = write_voc12(tmp_path, n_train=2, n_val=2, n_aug=4)
   common = [str(resnet50_pth), '--dataset', 'voc', '--data', str(data), *TINY, '--epochs', '2']
   # Reference: two uninterrupted epochs.
   segmentation.main(common + ['--workdir', str(tmp_path / 'a'), '--out', str(tmp_path / 'a.json')])
   # The same, interrupted right after the first epoch's checkpoint, then started again.
-  real_replace, calls = os.replace, []
-
-  def replace_then_crash(src, dst):
-    real_replace(src, dst)
-    calls.append(dst)
-    if len(calls) == 1:
-      raise KeyboardInterrupt('simulated interruption')
-
-  monkeypatch.setattr(segmentation.os, 'replace', replace_then_crash)
-  with pytest.raises(KeyboardInterrupt):
-    segmentation.main(common + ['--workdir', str(tmp_path / 'b')])
-  monkeypatch.undo()
+  interrupted_run(common + ['--workdir', str(tmp_path / 'b')], monkeypatch, after_checkpoints=1)
   loaded = []
   real_transform = seg_data.voc_train_transform
 
@@ -212,18 +217,7 @@ def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, resnet50_pth
   monkeypatch.setattr(segmentation, 'score',
                       lambda *a, **k: {'miou': next(scores),
                                        'iou': dict.fromkeys(seg_data.VOC_CLASSES, 1.0)})
-  real_replace, saved = os.replace, []
-
-  def replace_then_crash(src, dst):
-    real_replace(src, dst)
-    saved.append(dst)
-    if len(saved) == 2:
-      raise KeyboardInterrupt('simulated interruption')
-
-  monkeypatch.setattr(segmentation.os, 'replace', replace_then_crash)
-  with pytest.raises(KeyboardInterrupt):
-    segmentation.main(args)
-  monkeypatch.setattr(segmentation.os, 'replace', real_replace)
+  interrupted_run(args, monkeypatch, after_checkpoints=2)
   segmentation.main(args)
   assert next(scores, None) is None  # every epoch was scored once
   run = json.loads((tmp_path / 'w' / 'run0' / 'result.json').read_text())
