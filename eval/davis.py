@@ -4,9 +4,11 @@
   python -m eval.davis --results_path DIR --data DAVIS_ROOT      # score existing predictions
 
 Features are the layer3 output of the torchvision ResNet-50 with layer3 at stride 1 (1024-d,
-stride 8), L2-normalised. Each frame's labels are a top-k softmax-weighted sum over the labels of
+stride 8), L2-normalised. The first frame's one-hot mask is resized bilinearly to the feature
+grid and kept soft; each later frame's labels are a top-k softmax-weighted sum over the labels of
 the first frame and the `context` previous frames (soft predictions), the previous frames
-restricted to a spatial radius. Scores use eval.davis_metrics (the benchmark's conventions).
+restricted to a spatial radius. Defaults are those of Jabri et al.'s DAVIS command
+(ajabri/videowalk README). Scores use eval.davis_metrics (the benchmark's conventions).
 """
 
 import argparse
@@ -131,14 +133,18 @@ def extract_features(model, frames, device, batch_size=4):
 # ---------------------------------------------------------------- propagation
 
 def one_hot_labels(labels, n_classes, size):
-  """Label map [H, W] -> one-hot [h, w, n_classes] at the feature grid `size` (area majority)."""
+  """Label map [H, W] -> soft labels [h, w, n_classes] at the feature grid `size`.
+
+  As Jabri et al.'s code/data/vos.py: the float one-hot mask is resized bilinearly (their
+  cv2.resize, INTER_LINEAR: half-pixel centres, no antialiasing) and kept soft.
+  """
   one_hot = F.one_hot(torch.as_tensor(labels, dtype=torch.long), n_classes).permute(2, 0, 1).float()
-  fractions = F.adaptive_avg_pool2d(one_hot[None], size)[0]
-  return F.one_hot(fractions.argmax(0), n_classes).float()
+  soft = F.interpolate(one_hot[None], size=tuple(size), mode='bilinear', align_corners=False)
+  return soft[0].permute(1, 2, 0)
 
 
 @torch.no_grad()
-def propagate(features, first_labels, temperature=0.07, topk=10, radius=12, context=20, chunk=1024):
+def propagate(features, first_labels, temperature=0.05, topk=10, radius=12, context=20, chunk=1024):
   """Soft labels [T, h, w, N] of all frames from features [T, h, w, C] and frame 0's [h, w, N].
 
   For frame t the context is frame 0 plus frames t-context .. t-1 (indices below 0 repeat
@@ -243,7 +249,9 @@ def parse_args(argv=None):
   p.add_argument('--split', default='val')
   p.add_argument('--sequences', type=lambda s: [x for x in s.split(',') if x],
                  help='a,b,c (default: those of the split)')
-  p.add_argument('--temperature', type=float, default=0.07)
+  p.add_argument('--temperature', type=float, default=0.05,
+                 help="affinity temperature (Jabri et al.'s DAVIS command; 0.07 is only their "
+                      'argparse default)')
   p.add_argument('--topk', type=int, default=10)
   p.add_argument('--radius', type=float, default=12)
   p.add_argument('--context', type=int, default=20, help='previous frames in the context')

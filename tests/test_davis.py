@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from scipy import ndimage
 
+import cv2_rules
 from eval import davis, davis_metrics as dm
+from eval.common import IMAGENET_MEAN, IMAGENET_STD
 from fixtures_eval import resnet50_pth  # noqa: F401  (pytest fixture)
 
 CAR_SHADOW = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'davis-car-shadow'
@@ -206,12 +209,80 @@ def test_perfect_features_carry_the_first_mask():
   assert dm.summarize({'s': dm.evaluate_sequence(gt, copy)})['J&F-Mean'] < 0.5
 
 
-def test_one_hot_labels_area_majority():
-  labels = np.zeros((16, 16), np.int64)
-  labels[:8, :5] = 1  # 5 of 8 columns of the top-left cell
-  labels[8:, 8:11] = 2  # 3 of 8 columns of the bottom-right cell
-  got = davis.one_hot_labels(labels, 3, (2, 2)).argmax(-1).numpy()
-  np.testing.assert_array_equal(got, [[1, 0], [0, 0]])
+@pytest.mark.skipif(not CAR_SHADOW.is_dir(), reason=f'real DAVIS sequence not at {CAR_SHADOW}')
+@pytest.mark.parametrize('grid', [(60, 107), (15, 27)])  # native 480p; frames at --scale 0.25
+def test_first_frame_labels_are_vos_py_bilinear_resize(grid):
+  """code/data/vos.py: cv2.resize(np.float32(onehot), (w, h)) with INTER_LINEAR, kept soft;
+  (60, 107) is its ceil(480 / 8) x ceil(854 / 8)."""
+  mask = np.array(Image.open(CAR_SHADOW / 'Annotations' / '480p' / 'car-shadow' / '00000.png'))
+  one_hot = np.stack([mask == c for c in np.unique(mask)], -1).astype(np.float32)
+  want = cv2_rules.resize_linear(one_hot, grid)
+  got = davis.one_hot_labels(mask, 2, grid).numpy()
+  # float32 noise: a source coordinate near x = 850 is good to ~6e-5 px in float32 (cv2 too).
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  assert ((want > 0.01) & (want < 0.99)).any()  # soft at the car's outline, not argmaxed
+
+
+# ---------------------------------------------------------------- Jabri et al.'s steps
+
+def videowalk_features(weights, frames):
+  """resnet.py's modify(remove_layers=['layer4']): every layer3 conv at stride 1, up to layer3;
+  test.py L2-normalises over channels. [T, h, w, 1024] float64."""
+  net = torchvision.models.resnet50()
+  net.load_state_dict(torch.load(weights, weights_only=True))
+  for m in net.layer3.modules():
+    if isinstance(m, torch.nn.Conv2d):
+      m.stride = (1, 1)
+  trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
+                              net.layer2, net.layer3).eval()
+  x = (frames / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  with torch.no_grad():
+    f = trunk(torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2))
+  return torch.nn.functional.normalize(f, dim=1).permute(0, 2, 3, 1).double().numpy()
+
+
+def videowalk_propagation(feats, first, temperature=0.05, topk=10, radius=12, context=20):
+  """test.py's loop: the sequence padded with `context` copies of frame 0 (vos.py make_paths);
+  the target's keys are frame 0 (long memory) and the `context` padded frames before it;
+  affinities key . query, -1e10 at recent-frame cells whose distance is not < radius
+  (MaskedAttention), / temperature, top-k, softmax, weighted sum of the keys' soft labels."""
+  T, h, w, C = feats.shape
+  n = h * w
+  feats = feats.reshape(T, n, C)
+  ys, xs = np.divmod(np.arange(n), w)
+  near = np.sqrt((ys[:, None] - ys) ** 2 + (xs[:, None] - xs) ** 2) < radius  # [key, query]
+  padded = [0] * context + list(range(T))
+  labels = np.zeros((T, n, first.shape[-1]))
+  labels[0] = first.reshape(n, -1)
+  for t in range(1, T):
+    frames = [0] + padded[t:t + context]
+    keys = feats[frames].reshape(-1, C)
+    A = keys @ feats[t].T  # [keys, queries]
+    A[n:] += np.where(np.tile(near, (context, 1)), 0, -1e10)
+    A /= temperature
+    ids = np.argsort(-A, axis=0, kind='stable')[:topk]
+    weights = np.take_along_axis(A, ids, 0)
+    weights = np.exp(weights - weights.max(0))
+    weights /= weights.sum(0)
+    labels[t] = np.einsum('kq,kqn->qn', weights, labels[frames].reshape(-1, labels.shape[-1])[ids])
+  return labels.reshape(T, h, w, -1)
+
+
+def videowalk_label_maps(weights, frames, first_mask, size):
+  """Label maps [T, H, W] by Jabri et al.'s steps, the soft labels [T, H, W, N] before argmax."""
+  feats = videowalk_features(weights, frames)
+  one_hot = np.stack([first_mask == c for c in range(first_mask.max() + 1)], -1)
+  first = cv2_rules.resize_linear(one_hot.astype(np.float32), feats.shape[1:3])
+  soft = np.stack([cv2_rules.resize_linear(s, size)  # test_utils.dump_predictions
+                   for s in videowalk_propagation(feats, first)])
+  return soft.argmax(-1), soft
+
+
+def assert_same_up_to_near_ties(pred, want, soft):
+  """Label maps equal except where the reference's two best labels are within float noise."""
+  differ = pred != want
+  top2 = np.sort(soft, -1)[..., -2:]
+  assert differ.mean() < 1e-3 and (top2[..., 1] - top2[..., 0])[differ].max(initial=0) < 1e-5
 
 
 # ---------------------------------------------------------------- the command
@@ -254,7 +325,18 @@ def test_command_on_fixture(resnet50_pth, fixture_root, tmp_path, capsys):  # no
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert printed == json.loads((tmp_path / 'r.json').read_text())
   assert set(out['per_sequence']) == {'squares', 'squares-noisy'}
-  assert 0 <= out['J&F-Mean'] <= 1 and out['frames'] == 10 and out['fps'] > 0
+  assert out['frames'] == 10 and out['fps'] > 0 and out['temperature'] == 0.05
+  scores = {}
+  for seq in ('squares', 'squares-noisy'):  # the same by Jabri et al.'s steps
+    frame_paths, ann_paths = davis.sequence_files(fixture_root, seq)
+    gt = davis.read_label_maps(ann_paths)
+    want, soft = videowalk_label_maps(resnet50_pth, davis.read_frames(frame_paths).astype(float),
+                                      gt[0], gt.shape[1:])
+    pred = davis.read_label_maps([save / seq / p.name for p in ann_paths])
+    assert_same_up_to_near_ties(pred[1:], want[1:], soft[1:])
+    want[0] = gt[0]
+    scores[seq] = dm.evaluate_sequence(gt, want)
+  assert out['J&F-Mean'] == pytest.approx(dm.summarize(scores)['J&F-Mean'], abs=1e-3)
   png = Image.open(save / 'squares' / '00003.png')
   assert png.mode == 'P' and png.size == (96, 64)
   assert png.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # the DAVIS palette
@@ -292,15 +374,32 @@ def test_real_sequence(resnet50_pth, tmp_path):  # noqa: F811
   save = tmp_path / 'pred'
   out = davis.main([str(resnet50_pth), '--data', str(CAR_SHADOW), '--max_frames', '6',
                     '--scale', '0.25', '--save_dir', str(save)])
-  assert list(out['per_sequence']) == ['car-shadow'] and 0 <= out['J&F-Mean'] <= 1
+  assert list(out['per_sequence']) == ['car-shadow']
   annotation = CAR_SHADOW / 'Annotations' / '480p' / 'car-shadow' / '00000.png'
   real_palette = Image.open(annotation).getpalette()
   for t in range(6):
     png = Image.open(save / 'car-shadow' / f'{t:05d}.png')
     assert png.mode == 'P' and png.size == (854, 480) and png.getpalette() == real_palette
+  # The same frames by Jabri et al.'s steps: the same label maps and scores.
+  frame_paths, ann_paths = davis.sequence_files(CAR_SHADOW, 'car-shadow', 6)
+  gt = davis.read_label_maps(ann_paths)
+  frames = davis.read_frames(frame_paths, 0.25).astype(float)
+  want, soft = videowalk_label_maps(resnet50_pth, frames, gt[0], gt.shape[1:])
+  pred = davis.read_label_maps([save / 'car-shadow' / p.name for p in ann_paths])
+  assert_same_up_to_near_ties(pred[1:], want[1:], soft[1:])
+  want[0] = gt[0]
+  expected = dm.summarize({'car-shadow': dm.evaluate_sequence(gt, want)})
+  assert out['J&F-Mean'] == pytest.approx(expected['J&F-Mean'], abs=1e-3)
+  assert 0.05 < out['J&F-Mean'] < 0.95  # neither everything nor nothing right
   copy_ground_truth(CAR_SHADOW, tmp_path / 'gt', ['car-shadow'])
   exact = davis.main(['--results_path', str(tmp_path / 'gt'), '--data', str(CAR_SHADOW)])
   assert exact['J&F-Mean'] == 1
+
+
+def test_defaults_are_the_reference_davis_command():
+  """ajabri/videowalk README: --topk 10 --videoLen 20 --radius 12 --temperature 0.05."""
+  args = davis.parse_args(['w.pth', '--data', 'd'])
+  assert (args.topk, args.context, args.radius, args.temperature) == (10, 20, 12, 0.05)
 
 
 def test_layer3_features_have_stride_8_and_1024_channels(resnet50_pth):  # noqa: F811
