@@ -132,8 +132,17 @@ class Cityscapes(SegmentationSet):
 
 
 # The original's cv2.INTER_CUBIC for images, which does not antialias when shrinking (masks
-# are always resized nearest).
+# are always resized nearest, as its cv2.INTER_NEAREST).
 BICUBIC = v2.InterpolationMode.BICUBIC
+
+
+def resize_cubic(image: torch.Tensor, size) -> tv_tensors.Image:
+  """cv2.resize(image, INTER_CUBIC) of a uint8 image: bicubic (A = -0.75, half-pixel centres,
+  edge pixels repeated, no antialiasing) computed in float, then rounded and saturated to uint8.
+  torch's own uint8 bicubic kernel is not that rule (up to 13 grey levels off on real photos),
+  hence the detour through float32."""
+  out = TF.resize(image.to(torch.float32), list(size), interpolation=BICUBIC, antialias=False)
+  return tv_tensors.Image(out.clamp_(0, 255).round_().to(torch.uint8))
 
 
 def voc_train_transform(size: int):
@@ -145,19 +154,30 @@ def voc_train_transform(size: int):
       v2.RandomHorizontalFlip(),
       v2.RandomAffine(degrees=5, scale=(0.75, 1.25),
                       interpolation=v2.InterpolationMode.BILINEAR, fill=0),
-      v2.Resize((size, size), interpolation=BICUBIC, antialias=False),
+      lambda image, mask: resize_pair(image, mask, (size, size)),
       normalize(),
   ])
 
 
 def resize_image_only(size: int):
   """Resizes the image to size x size and leaves the mask at the original resolution."""
-  resize, norm = v2.Resize((size, size), interpolation=BICUBIC, antialias=False), normalize()
-  return lambda image, mask: (norm(resize(image)), mask)
+  norm = normalize()
+  return lambda image, mask: (norm(resize_cubic(image, (size, size))), mask)
+
+
+def resize_both(size: int):
+  """Image (cubic) and mask (nearest) to size x size: MaskContrast's validation transform."""
+  norm = normalize()
+
+  def transform(image, mask):
+    image, mask = resize_pair(image, mask, (size, size))
+    return norm(image), mask
+  return transform
 
 
 def resize_pair(image, mask, size):
-  return TF.resize(image, size, interpolation=BICUBIC, antialias=False), TF.resize(mask, size)
+  """(image cubic, mask nearest) at size (height, width), as cv2 resizes them."""
+  return resize_cubic(image, size), TF.resize(mask, list(size))
 
 
 class RandomScale:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_sample_image
 from torchvision import tv_tensors
 
+import cv2_rules
 from eval import segmentation, seg_data
 from eval.common import IMAGENET_MEAN, IMAGENET_STD
 from eval.metrics import iou_per_class
@@ -30,6 +32,22 @@ def test_cityscapes_train_ids_match_spec():
   expected[SPEC_TRAIN_LABEL_IDS] = np.arange(19)
   np.testing.assert_array_equal(seg_data.cityscapes_train_ids(label_ids), expected)
   assert len(seg_data.CITYSCAPES_CLASSES) == 19
+
+
+@pytest.mark.parametrize('name, size', [('china.jpg', (512, 512)), ('flower.jpg', (333, 171)),
+                                        ('china.jpg', (97, 145))])
+def test_resizes_are_the_originals_cv2_resizes_on_photos(name, size):
+  """The original's cv2.resize: INTER_CUBIC for the uint8 image (rounded, saturated),
+  INTER_NEAREST for the mask (here the photo's brightness in 20 classes)."""
+  photo = load_sample_image(name)
+  labels = (photo.mean(-1) // 13).astype(np.int64)
+  image, mask = seg_data.resize_pair(tv_tensors.Image(torch.tensor(photo).permute(2, 0, 1)),
+                                     tv_tensors.Mask(torch.tensor(labels)), size)
+  want = np.clip(cv2_rules.resize_cubic(photo, size), 0, 255)
+  assert image.dtype == torch.uint8
+  # Rounding, plus float32 noise (cv2's own float path is off the float64 rule by as much).
+  assert np.abs(image.permute(1, 2, 0).numpy() - want).max() <= 0.5 + 1e-2
+  np.testing.assert_array_equal(mask.numpy(), cv2_rules.resize_nearest(labels, size))
 
 
 def test_voc_augmentation_keeps_mask_values_and_fills_the_border_with_background():
