@@ -114,10 +114,10 @@ def feature_transform(resize: int, crop: int):
 
 
 @torch.no_grad()
-def pooled_features(model, loader, device, total=None) -> np.ndarray:
-  """(N, 2048) float32 L2-normalised global-average-pooled features."""
+def pooled_features(model, loader, device, total=None, l2_normalize=True) -> np.ndarray:
+  """(N, 2048) float32 global-average-pooled features, L2-normalised unless told not to."""
   out = []
   for images in tqdm(loader, total=total, desc='features', unit='batch'):
-    features = model(images.to(device, non_blocking=True))
-    out.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
+    features = model(images.to(device, non_blocking=True)).float()
+    out.append((torch.nn.functional.normalize(features, dim=1) if l2_normalize else features).cpu())
   return torch.cat(out).numpy()

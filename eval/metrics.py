@@ -5,12 +5,22 @@ NumPy only, so the same code scores predictions from any framework.
 import numpy as np
 
 
-def voc_ap(scores, labels) -> float:
-  """VOC average precision: area under the monotone (interpolated) precision envelope.
+def voc_ap(scores, labels, eleven_point: bool = False) -> float:
+  """VOC average precision of one class: rank by descending score, precision and recall at
+  every rank, then either
 
-  This is the VOC devkit formula the original VOC07 SVM protocol used (not scikit-learn's
-  step-wise `average_precision_score`): rank by descending score, precision/recall at every
-  rank, envelope p(r) = max precision at recall >= r, summed over the recall steps.
+  - the VOC2010+ devkit's AP (default; VOCevalcls + VOCap, also what the original's
+    `evaluation/voc_svm/metrics.py` and the fair benchmark's `svm_helper.py` compute): the area
+    under the monotone precision envelope p(r) = max precision at recall >= r, summed over the
+    recall steps; not scikit-learn's step-wise `average_precision_score`; or
+  - eleven_point=True: the VOC2007 devkit's 11-point AP, the mean over t = 0, 0.1, ..., 1 of the
+    best precision at recall >= t (0 where recall never reaches t); many VOC07 papers report it.
+
+  Tied scores keep their input order (a stable sort of -score, as the devkit's MATLAB `sort`).
+  The original's and the benchmark's Python code use np.argsort(score)[::-1], which puts tied
+  items in reverse input order: with ties between positives and negatives the two can differ
+  (five tied scores labelled +, -, -, +, -: 0.75 here, 0.45 there); SVM scores of real
+  features are not tied.
 
   Args:
     scores: (N,) classifier scores; higher means more likely positive.
@@ -26,8 +36,12 @@ def voc_ap(scores, labels) -> float:
   order = np.argsort(-scores, kind='stable')
   tp = np.cumsum(positive[order])
   fp = np.cumsum(~positive[order])
-  recall = np.concatenate([[0.0], tp / positive.sum(), [1.0]])
-  precision = np.concatenate([[0.0], tp / (tp + fp), [0.0]])
+  precision = tp / (tp + fp)
+  if eleven_point:  # recall >= t/10 compared in integers: tp * 10 >= t * positives
+    best = [precision[tp * 10 >= t * tp[-1]].max(initial=0.0) for t in range(11)]
+    return float(np.mean(best))
+  recall = np.concatenate([[0.0], tp / tp[-1], [1.0]])
+  precision = np.concatenate([[0.0], precision, [0.0]])
   envelope = np.maximum.accumulate(precision[::-1])[::-1]
   steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
   return float(np.sum((recall[steps] - recall[steps - 1]) * envelope[steps]))

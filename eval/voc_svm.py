@@ -3,11 +3,15 @@
   python -m eval.voc_svm WEIGHTS --data VOCdevkit/VOC2007 [--protocol original|costsweep]
   python -m eval.voc_svm WEIGHTS --data tfds:voc/2007
 
-Features (pooled 2048-d, L2-normalised) come from the torchvision ResNet-50 on the accelerator;
-one scikit-learn LinearSVC per class is trained on trainval and scored on test with the VOC AP.
-- original: the original project's protocol, C = 0.5, "difficult" (label 0) counts as negative.
-- costsweep: the common benchmark variant; per class the cost with the best 3-fold CV AP on
-  trainval is kept, and difficult test images are left out of that class's AP.
+Features (pooled 2048-d, divided by their norm + 1e-5 as both references do) come from the
+torchvision ResNet-50 on the accelerator; one scikit-learn LinearSVC per class is trained on
+trainval and scored on test with the VOC AP (`--ap area`: the VOC2010+ devkit's, which both
+references compute; `--ap 11point`: the VOC2007 devkit's 11-point AP).
+- original: the original project's protocol (wvangansbeke/Revisiting-Contrastive-SSL,
+  evaluation/voc_svm), C = 0.5, "difficult" (label 0) counts as negative in train and test.
+- costsweep: the fair self-supervision benchmark's
+  (facebookresearch/fair_self_supervision_benchmark, tools/svm): per class the cost with the best 3-fold CV AP (scikit-learn's) on trainval is kept,
+  difficult train images are negatives and difficult test images are left out of that class's AP.
 """
 import argparse
 from pathlib import Path
@@ -64,12 +68,20 @@ def read_voc07_split(root, split: str):
   return images, np.stack(columns, 1)
 
 
+def normalize_features(features: np.ndarray) -> np.ndarray:
+  """Rows divided by their L2 norm + 1e-5, as the original and the benchmark do."""
+  return features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-5)
+
+
 def svm(cost: float) -> LinearSVC:
+  """The references' SVM. random_state fixes liblinear's coordinate order, which they leave
+  unseeded (it moves the solution only within the tolerance), so reruns give the same AP."""
   return LinearSVC(C=cost, class_weight={1: 2, -1: 1}, loss='squared_hinge', penalty='l2',
-                   dual=True, tol=1e-4, max_iter=2000)
+                   dual=True, tol=1e-4, max_iter=2000, random_state=0)
 
 
-def fit_class(name, train_x, train_labels, test_x, test_labels, protocol: str, costs=COSTS):
+def fit_class(name, train_x, train_labels, test_x, test_labels, protocol: str, costs=COSTS,
+              eleven_point=False):
   """AP on test (x100) and the cost used, for one class. Difficult train images are negatives."""
   y = np.where(train_labels == 1, 1, -1)
   positives = int((y == 1).sum())
@@ -87,15 +99,15 @@ def fit_class(name, train_x, train_labels, test_x, test_labels, protocol: str, c
   keep = test_labels != 0 if protocol == 'costsweep' else np.ones(len(test_labels), bool)
   if not (test_labels[keep] == 1).any():
     raise ValueError(f'class {name}: no positive test image')
-  return 100 * voc_ap(scores[keep], test_labels[keep] == 1), cost
+  return 100 * voc_ap(scores[keep], test_labels[keep] == 1, eleven_point), cost
 
 
 def evaluate_svms(train_x, train_labels, test_x, test_labels, protocol='original', jobs=-1,
-                  costs=COSTS) -> dict:
+                  costs=COSTS, eleven_point=False) -> dict:
   """Per-class AP and mAP (x100). Classes run in parallel threads (liblinear drops the GIL)."""
   results = joblib.Parallel(n_jobs=jobs, prefer='threads')(
       joblib.delayed(fit_class)(name, train_x, train_labels[:, k], test_x, test_labels[:, k],
-                                protocol, costs)
+                                protocol, costs, eleven_point)
       for k, name in enumerate(CLASSES))
   ap = {name: ap for name, (ap, _) in zip(CLASSES, results)}
   out = {'mAP': float(np.mean(list(ap.values()))), 'ap': ap}
@@ -111,6 +123,8 @@ def main(argv=None):
                       help='VOCdevkit/VOC2007 folder, or tfds:voc/2007 for the TFDS copy')
   parser.add_argument('--tfds_data_dir', default=None)
   parser.add_argument('--protocol', choices=('original', 'costsweep'), default='original')
+  parser.add_argument('--ap', choices=('area', '11point'), default='area',
+                      help="area: the VOC2010+ devkit's AP (the references'); 11point: VOC2007's")
   parser.add_argument('--resize', type=int, default=256)
   parser.add_argument('--crop', type=int, default=224)
   parser.add_argument('--batch_size', type=int, default=64)
@@ -134,11 +148,14 @@ def main(argv=None):
       source, workers = common.ImageFiles(paths, transform), args.workers
     loader = torch.utils.data.DataLoader(source, batch_size=args.batch_size, num_workers=workers,
                                          pin_memory=device.type == 'cuda')
-    features[split] = common.pooled_features(model, loader, device,
-                                      total=-(-len(labels[split]) // args.batch_size))
+    features[split] = normalize_features(common.pooled_features(
+        model, loader, device, total=-(-len(labels[split]) // args.batch_size),
+        l2_normalize=False))
   results = evaluate_svms(features['trainval'], labels['trainval'], features['test'],
-                          labels['test'], args.protocol, args.jobs, args.costs)
-  common.report({'task': 'voc07_svm', 'protocol': args.protocol, 'weights': str(args.weights),
+                          labels['test'], args.protocol, args.jobs, args.costs,
+                          args.ap == '11point')
+  common.report({'task': 'voc07_svm', 'protocol': args.protocol, 'ap_method': args.ap,
+                 'weights': str(args.weights),
                  'data': args.data, 'num_trainval': len(labels['trainval']),
                  'num_test': len(labels['test']), **results}, args.out)
 

@@ -43,8 +43,11 @@ def write_voc07(root: Path, n_trainval=9, n_test=6, size=64, seed=0):
   """VOCdevkit/VOC2007 with JPEGImages, Annotations and ImageSets/Main/<class>_<split>.txt.
 
   Returns (VOC2007 folder, {split: (N, 20) labels in {1, 0, -1}}). Every class has at least
-  3 positives in trainval and 1 in test, and some difficult-only entries.
+  3 positives in trainval and 1 in test, and some difficult-only entries. The images are
+  crops of the photos scikit-learn ships.
   """
+  from sklearn.datasets import load_sample_image
+  photos = [load_sample_image(name) for name in ('china.jpg', 'flower.jpg')]
   rng = np.random.default_rng(seed)
   voc = root / 'VOCdevkit' / 'VOC2007'
   for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
@@ -60,8 +63,10 @@ def write_voc07(root: Path, n_trainval=9, n_test=6, size=64, seed=0):
     ids = [f'{next_id + i:06d}' for i in range(n)]
     next_id += n
     for i, image_id in enumerate(ids):
-      pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(voc / 'JPEGImages' / f'{image_id}.jpg')
+      photo = photos[rng.integers(2)]
+      top, left = (rng.integers(0, photo.shape[d] - size) for d in (0, 1))
+      Image.fromarray(photo[top:top + size, left:left + size]).save(
+          voc / 'JPEGImages' / f'{image_id}.jpg')
       objects = ''.join(
           f'<object><name>{VOC07_CLASSES[k]}</name><difficult>{int(y[i, k] == 0)}</difficult>'
           f'<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>{size}</xmax><ymax>{size}</ymax>'

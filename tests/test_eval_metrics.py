@@ -1,4 +1,4 @@
-"""VOC AP and mIoU against hand-worked cases and an independent reference."""
+"""VOC AP and mIoU against hand-worked cases and the VOC devkit's rules."""
 import numpy as np
 import pytest
 
@@ -42,6 +42,50 @@ def test_matches_reference_on_random_rankings():
     labels = np.where(rng.random(40) < 0.3, 1, -1)
     labels[0] = 1
     assert voc_ap(scores, labels) == pytest.approx(reference_ap(scores, labels), abs=1e-12)
+
+
+def devkit_ap(scores, labels, eleven_point):
+  """VOCevalcls.m: [so, si] = sort(-out) (MATLAB's sort is stable), tp/fp cumulated, then
+  VOC2007's 11-point AP (recall >= t compared exactly, t = 0, 0.1, ..., 1) or VOC2010's VOCap."""
+  from fractions import Fraction
+  gt = np.asarray(labels)[np.argsort(-np.asarray(scores, float), kind='stable')]
+  tp, fp = np.cumsum(gt > 0), np.cumsum(gt < 0)
+  prec = tp / (tp + fp)
+  if eleven_point:
+    rec = [Fraction(int(t), int(tp[-1])) for t in tp]
+    return sum(max([p for p, r in zip(prec, rec) if r >= Fraction(t, 10)], default=0) / 11
+               for t in range(11))
+  mrec, mpre = [0, *(tp / tp[-1]), 1], [0, *prec, 0]
+  for i in range(len(mpre) - 2, -1, -1):
+    mpre[i] = max(mpre[i], mpre[i + 1])
+  return sum((mrec[i] - mrec[i - 1]) * mpre[i]
+             for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+@pytest.mark.parametrize('eleven_point', [False, True])
+def test_matches_the_devkit_with_ties(eleven_point):
+  """Scores rounded to 0.5 so that many tie, 10 positives so that recalls hit the tenths."""
+  rng = np.random.default_rng(2)
+  for _ in range(30):
+    scores = np.round(rng.normal(size=30) * 2) / 2
+    labels = np.full(30, -1)
+    labels[rng.choice(30, 10, replace=False)] = 1
+    assert voc_ap(scores, labels, eleven_point) == pytest.approx(
+        devkit_ap(scores, labels, eleven_point), abs=1e-12)
+
+
+def test_tied_scores_keep_input_order_unlike_the_originals_argsort():
+  """All five scores tied: the devkit ranks them as given (+, -, -, +, -: AP 0.75); the
+  original's np.argsort(score)[::-1] reverses them (-, +, -, -, +: AP 0.45)."""
+  labels = [1, -1, -1, 1, -1]
+  assert voc_ap([0.3] * 5, labels) == pytest.approx(0.75)
+  assert voc_ap([0.3] * 5, labels[::-1]) == pytest.approx(0.45)
+
+
+def test_eleven_point_hand_case():
+  # Ranked +, -, +: precision 1 up to recall 1/2, then 2/3 up to recall 1. Thresholds
+  # 0..0.5 (6 of them) see max precision 1, 0.6..1 (5) see 2/3: (6 + 5 * 2/3) / 11.
+  assert voc_ap([3, 2, 1], [1, -1, 1], eleven_point=True) == pytest.approx((6 + 10 / 3) / 11)
 
 
 def test_ap_without_positive_is_an_error():

@@ -1,9 +1,13 @@
-"""VOC07 SVM: the label reader, the two protocols on planted features, the CLI end to end."""
+"""VOC07 SVM: the label reader, the two protocols on planted features, the CLI against the
+original's and the benchmark's code paths (written out here: they download VOC and need CUDA)."""
 import io
 import json
 
 import numpy as np
 import pytest
+import torch
+from sklearn.model_selection import cross_val_score
+from sklearn.svm import LinearSVC
 
 from eval import common, voc_svm
 from input_pipeline import tfds_eval
@@ -75,22 +79,108 @@ def test_reader_errors_name_the_path(tmp_path):
     voc_svm.read_voc07_split(root, 'trainval')
 
 
+# ---------------------------------------------------------------- the references' code paths
+
+def original_ap(targets, preds):
+  """get_precision_recall + calculate_ap of the original's evaluation/voc_svm/metrics.py (and
+  the benchmark's svm_helper.py): argsort then reversed, VOC2010+ area under the envelope."""
+  positive = (np.asarray(targets) > 0).astype(np.float64)
+  order = np.argsort(preds)[::-1]
+  tp = np.cumsum(positive[order])
+  fp = np.cumsum(1 - positive[order])
+  rec = np.concatenate([[0], tp / positive.sum(), [1]])
+  prec = np.concatenate([[0], tp / (tp + fp), [0]])
+  for i in range(len(prec) - 2, -1, -1):
+    prec[i] = max(prec[i], prec[i + 1])
+  steps = np.flatnonzero(rec[1:] != rec[:-1]) + 1
+  return float(np.sum((rec[steps] - rec[steps - 1]) * prec[steps]))
+
+
+def reference_features(voc, split, weights, resize, crop):
+  """The original main.py's features: torchvision transforms on PIL, the pooled ResNet-50
+  output divided by its norm + 1e-5; labels with 0 (difficult) kept for the caller."""
+  import torchvision
+  from PIL import Image
+  from torchvision import transforms
+  transform = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop),
+                                  transforms.ToTensor(),
+                                  transforms.Normalize([0.485, 0.456, 0.406],
+                                                       [0.229, 0.224, 0.225])])
+  rows = {}
+  for k, name in enumerate(voc_svm.CLASSES):  # voc.py: read_object_labels, in file order
+    for line in (voc / 'ImageSets' / 'Main' / f'{name}_{split}.txt').read_text().splitlines():
+      image_id, label = line.split()
+      rows.setdefault(image_id, np.zeros(20))[k] = int(label)
+  model = torchvision.models.resnet50()
+  model.load_state_dict(torch.load(weights, weights_only=True))
+  model.fc = torch.nn.Identity()
+  images = torch.stack([transform(Image.open(voc / 'JPEGImages' / f'{i}.jpg').convert('RGB'))
+                        for i in rows])
+  with torch.no_grad():
+    feats = model.eval()(images).numpy()
+  feats = feats / (np.linalg.norm(feats, axis=1) + 1e-5)[:, np.newaxis]
+  return feats, np.stack(list(rows.values()))
+
+
+def reference_svm(cost):
+  # random_state as ours (the references leave liblinear's shuffling unseeded).
+  return LinearSVC(C=cost, class_weight={1: 2, -1: 1}, intercept_scaling=1.0, penalty='l2',
+                   loss='squared_hinge', tol=1e-4, dual=True, max_iter=2000, random_state=0)
+
+
+def original_protocol(train_x, train_y, test_x, test_y):
+  """main.py: labels 0 -> -1 in train and test, C = 0.5, AP x100 per class."""
+  train_y, test_y = np.where(train_y == 0, -1, train_y), np.where(test_y == 0, -1, test_y)
+  return [100 * original_ap(test_y[:, k], reference_svm(0.5).fit(train_x, train_y[:, k])
+                            .decision_function(test_x)) for k in range(20)], None
+
+
+def benchmark_protocol(train_x, train_y, test_x, test_y, costs):
+  """train_svm_kfold.py + test_svm.py (targets remapped as create_voc_data_files.py: difficult
+  negative in train, left out of test): per class the cost of the best mean 3-fold CV AP."""
+  aps, chosen = [], []
+  for k in range(20):
+    y = np.where(train_y[:, k] == 1, 1, -1)
+    cv = [cross_val_score(reference_svm(c), train_x, y, cv=3, scoring='average_precision').mean()
+          for c in costs]
+    cost = costs[int(np.argmax(cv))]
+    keep = test_y[:, k] != 0
+    scores = reference_svm(cost).fit(train_x, y).decision_function(test_x[keep])
+    aps.append(100 * original_ap(test_y[keep, k], scores))
+    chosen.append(cost)
+  return aps, chosen
+
+
 @pytest.mark.parametrize('protocol', ['original', 'costsweep'])
-def test_cli_end_to_end(tmp_path, resnet50_pth, capsys, protocol):  # noqa: F811
+def test_cli_equals_the_references_on_photos(tmp_path, resnet50_pth, capsys,  # noqa: F811
+                                             protocol):
   root, labels = write_voc07(tmp_path)
   out = tmp_path / 'res' / 'voc.json'
-  voc_svm.main([str(resnet50_pth), '--data', str(root), '--protocol', protocol, '--resize', '64',
+  voc_svm.main([str(resnet50_pth), '--data', str(root), '--protocol', protocol, '--resize', '72',
                 '--crop', '64', '--batch_size', '4', '--workers', '0', '--jobs', '2',
                 '--costs', '0.01,1', '--out', str(out)])
   result = json.loads(out.read_text())
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
   assert result['num_trainval'] == len(labels['trainval'])
   assert result['num_test'] == len(labels['test'])
-  assert list(result['ap']) == list(voc_svm.CLASSES)
-  assert all(0 < ap <= 100 for ap in result['ap'].values())
-  assert result['mAP'] == pytest.approx(np.mean(list(result['ap'].values())))
-  if protocol == 'costsweep':
-    assert set(result['cost'].values()) <= {0.01, 1.0}
+  assert list(result['ap']) == list(voc_svm.CLASSES) and result['ap_method'] == 'area'
+  train = reference_features(root, 'trainval', resnet50_pth, 72, 64)
+  test = reference_features(root, 'test', resnet50_pth, 72, 64)
+  np.testing.assert_array_equal(train[1], labels['trainval'])
+  if protocol == 'original':
+    aps, costs = original_protocol(*train, *test)
+  else:
+    aps, costs = benchmark_protocol(*train, *test, [0.01, 1.0])
+    assert list(result['cost'].values()) == costs
+  np.testing.assert_allclose(list(result['ap'].values()), aps, atol=1e-9)
+  assert result['mAP'] == pytest.approx(np.mean(aps), abs=1e-9)
+  assert len(set(np.round(aps, 6))) > 5  # the photos give varied APs, not all 100
+
+
+def test_features_are_divided_by_norm_plus_1e5():
+  x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-5, 0.0]])
+  np.testing.assert_allclose(voc_svm.normalize_features(x),
+                             [[3 / (5 + 1e-5), 4 / (5 + 1e-5)], [0, 0], [0.5, 0]])
 
 
 def _tiny_voc(data_dir):
