@@ -68,13 +68,14 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) ->
   return counts.reshape(num_classes, num_classes)
 
 
-def iou_per_class(confusion: np.ndarray) -> np.ndarray:
-  """IoU_c = TP / (TP + FP + FN); NaN for a class absent from both ground truth and prediction."""
+def iou_per_class(confusion: np.ndarray, absent: float = np.nan) -> np.ndarray:
+  """IoU_c = TP / (TP + FP + FN); `absent` for a class absent from both ground truth and
+  prediction: NaN (left out of a nanmean), or 0 as MaskContrast's SemsegMeter counts it."""
   confusion = np.asarray(confusion, np.float64)
   tp = np.diag(confusion)
   union = confusion.sum(0) + confusion.sum(1) - tp
   with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(union > 0, tp / union, np.nan)
+    return np.where(union > 0, tp / union, absent)
 
 
 def mean_iou(confusion: np.ndarray, classes=None) -> float:

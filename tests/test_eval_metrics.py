@@ -110,6 +110,8 @@ def test_class_absent_everywhere_is_left_out_of_the_mean():
   iou = iou_per_class(cm)
   assert np.isnan(iou[2]) and np.isnan(iou[3])
   assert mean_iou(cm) == pytest.approx((1 / 2 + 1 / 2) / 2)
+  # MaskContrast's SemsegMeter counts such a class as 0 (tp / max(tp + fp + fn, 1e-8)).
+  np.testing.assert_allclose(iou_per_class(cm, absent=0.0), [1 / 2, 1 / 2, 0, 0])
 
 
 def test_out_of_range_labels_are_errors():
