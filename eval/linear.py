@@ -65,7 +65,7 @@ def parse_args(argv=None):
 
 def check_setup(args, workdir: Path) -> None:
   """The workdir holds one evaluation: refuse to resume with other weights, data or settings."""
-  setup = {k: v for k, v in vars(args).items() if k not in ('out', 'workers')}
+  setup = {k: v for k, v in vars(args).items() if k not in ('out', 'workers', 'workdir')}
   setup['weights'] = str(Path(args.weights).resolve())
   path = workdir / SETUP
   if path.is_file():
