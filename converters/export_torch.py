@@ -3,16 +3,20 @@
   python -m converters.export_torch runs/ours --out ours.pth                 # torchvision
   python -m converters.export_torch runs/ours --out ours_moco.pth --format moco
   python -m converters.export_torch runs/ours --out ours.safetensors
+  python -m converters.export_torch runs/ours --out ours_d2.pkl --format detectron2
 
-'torchvision' loads into `torchvision.models.resnet50()` with only `fc.weight` and
-`fc.bias` missing; 'moco' is the original project's checkpoint layout (SPEC.md
-section 5), which its evaluation code and Jabri et al.'s `moco50` loader accept.
-Prints a one-line JSON summary.
+'torchvision' loads into `torchvision.models.resnet50()` (and timm's `resnet50`) with only
+`fc.weight` and `fc.bias` missing; 'moco' is the original project's checkpoint layout (SPEC.md
+section 5), which its evaluation code and Jabri et al.'s `moco50` loader accept; 'detectron2'
+is what moco's detection/convert-pretrain-to-detectron2.py makes of that layout, for
+detectron2's `MODEL.WEIGHTS`. Prints a one-line JSON summary.
 """
 
 import argparse
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +85,33 @@ def moco_state_dict(weights: TorchWeights) -> dict[str, np.ndarray]:
   return state
 
 
+def detectron2_key(key: str) -> str:
+  """moco's renaming: `layer<i>` is `res<i+1>`, everything else sits under `stem.`, BN `bn<j>`
+  is `conv<j>.norm` and `downsample.0` / `.1` is `shortcut` / `shortcut.norm`."""
+  if key.startswith('layer'):
+    key = re.sub(r'^layer(\d)', lambda m: f'res{int(m[1]) + 1}', key)
+  else:
+    key = 'stem.' + key
+  key = re.sub(r'(^|\.)bn(\d)\.', r'\1conv\2.norm.', key)
+  return key.replace('downsample.0.', 'shortcut.').replace('downsample.1.', 'shortcut.norm.')
+
+
+def detectron2_checkpoint(weights: TorchWeights) -> dict:
+  """What moco's conversion script pickles: the query encoder renamed (its MLP head too, as
+  `stem.fc.*`, which detectron2 leaves unused), as NumPy arrays, for name matching."""
+  state = {detectron2_key(k): np.asarray(weights.encoder_q[k])
+           for k in sorted(weights.encoder_q, key=torch_order)}
+  return {'model': state, '__author__': 'revisit-jax', 'matching_heuristics': True}
+
+
+def write_pickle(obj, out: Path):
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(out.name + '.tmp')
+  with open(tmp, 'wb') as f:
+    pickle.dump(obj, f)
+  os.replace(tmp, out)
+
+
 def to_torch(tree):
   import torch
   if isinstance(tree, dict):
@@ -106,28 +137,41 @@ def write(state: dict[str, np.ndarray], out: Path, extra: dict | None = None):
   os.replace(tmp, out)
 
 
+FORMATS = ('torchvision', 'moco', 'detectron2')
+
+
 def export(path, out, fmt: str = 'torchvision', step: int | None = None) -> dict:
-  weights = read_checkpoint(path, step)
   out = Path(out)
-  if fmt == 'torchvision':
-    state, extra = weights.backbone(), None
-  elif fmt == 'moco':
-    state = moco_state_dict(weights)
-    extra = {'epoch': weights.epoch, 'arch': weights.arch}
-    if weights.optimizer and out.suffix != '.safetensors':
-      extra['optimizer'] = weights.optimizer
+  if fmt not in FORMATS:
+    raise ValueError(f'unknown format {fmt!r}; use one of {", ".join(FORMATS)}')
+  if fmt == 'detectron2' and out.suffix != '.pkl':
+    raise ValueError(f'{out}: detectron2 reads its weights from a .pkl file (a .pth would be '
+                     'loaded as a torch checkpoint, without name matching)')
+  weights = read_checkpoint(path, step)
+  if fmt == 'detectron2':
+    checkpoint = detectron2_checkpoint(weights)
+    write_pickle(checkpoint, out)
+    tensors = len(checkpoint['model'])
   else:
-    raise ValueError(f'unknown format {fmt!r}; use torchvision or moco')
-  write(state, out, extra)
-  return {'tensors': len(state), 'format': fmt, 'source': str(path), 'epoch': weights.epoch,
+    if fmt == 'torchvision':
+      state, extra = weights.backbone(), None
+    else:
+      state = moco_state_dict(weights)
+      extra = {'epoch': weights.epoch, 'arch': weights.arch}
+      if weights.optimizer and out.suffix != '.safetensors':
+        extra['optimizer'] = weights.optimizer
+    write(state, out, extra)
+    tensors = len(state)
+  return {'tensors': tensors, 'format': fmt, 'source': str(path), 'epoch': weights.epoch,
           'out': str(out)}
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('checkpoint', help='training workdir or its checkpoints/ folder')
-  parser.add_argument('--out', required=True, help='.pth or .safetensors file to write')
-  parser.add_argument('--format', default='torchvision', choices=['torchvision', 'moco'])
+  parser.add_argument('--out', required=True,
+                      help='.pth or .safetensors file to write (detectron2: a .pkl file)')
+  parser.add_argument('--format', default='torchvision', choices=FORMATS)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   args = parser.parse_args(argv)
   print(json.dumps(export(args.checkpoint, args.out, args.format, args.step)))

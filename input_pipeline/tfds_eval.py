@@ -67,3 +67,11 @@ def voc07_split(name: str, split: str, num_classes: int, data_dir=None):
     row[example['easy']] = 1
     labels.append(row)
   return decoded_images(ds, image_key), np.stack(labels)
+
+
+def shuffled_with_labels(images, labels, seed: int, buffer_size: int = 10_000):
+  """{'image', 'label'} of a split read in stored order, shuffled through a buffer with `seed`:
+  a streamed TFDS split has no random access, so training on it (eval.linear) shuffles so."""
+  tf = import_tf()
+  pairs = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels))
+  return pairs.map(lambda x, y: {**x, 'label': y}).shuffle(buffer_size, seed=seed)

@@ -63,6 +63,17 @@ def report(summary: dict) -> None:
   print(json.dumps(summary))
 
 
+def write_curves(workdir) -> None:
+  """The run's curves (revisit_jax.report) as WORKDIR/report.png; prints where."""
+  from revisit_jax import report as curves
+  try:
+    png, _ = curves.write(workdir)
+  except (FileNotFoundError, ValueError) as e:  # nothing logged yet
+    print(f'No training curves: {e}')
+    return
+  print(f'Training curves: {png}')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; a mistyped --config.FIELD ends in one line instead of a traceback."""
   try:
@@ -93,6 +104,7 @@ def main(argv):
   except train.RunError as e:
     sys.exit(f'error: {e}')
   if jax.process_index() == 0:
+    write_curves(_WORKDIR.value)
     report(summary)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 import torchvision
 
 from configs.base import get_base_config
-from converters.export_torch import export
+from converters.export_torch import detectron2_checkpoint, export, moco_state_dict
+from converters.export_torch import main as export_main
 from converters.import_torch import import_weights
 from converters.mapping import torch_order
+from converters.torch_files import TorchWeights
 from revisit_jax import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +167,52 @@ def test_command_lines_print_json_summaries(tmp_path):
   state = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
   assert 'module.queue_backbone' not in state
   assert np.array_equal(state['module.queue_ptr'].numpy(), [48])
+
+
+def detectron2_rule(key):
+  """moco's detection/convert-pretrain-to-detectron2.py, rewritten here: its string replacements
+  on a `module.encoder_q.` key of a moco checkpoint."""
+  key = key.replace('module.encoder_q.', '')
+  if 'layer' not in key:
+    key = 'stem.' + key
+  for t in (1, 2, 3, 4):
+    key = key.replace(f'layer{t}', f'res{t + 1}')
+  for t in (1, 2, 3):
+    key = key.replace(f'bn{t}', f'conv{t}.norm')
+  return key.replace('downsample.0', 'shortcut').replace('downsample.1', 'shortcut.norm')
+
+
+def test_detectron2_layout_is_mocos_conversion_on_a_full_resnet50():
+  encoder = torchvision.models.resnet50()
+  encoder.fc = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+                                   torch.nn.Linear(2048, 128))
+  weights = TorchWeights(path='r50', layout='moco',
+                         encoder_q={k: v.numpy() for k, v in encoder.state_dict().items()})
+  moco = {k: v for k, v in moco_state_dict(weights).items() if k.startswith('module.encoder_q.')}
+  got = detectron2_checkpoint(weights)
+  assert got.keys() == {'model', '__author__', 'matching_heuristics'}
+  assert got['matching_heuristics'] is True
+  assert list(got['model']) == [detectron2_rule(k) for k in moco]  # same names, same order
+  for key, value in moco.items():
+    assert np.array_equal(got['model'][detectron2_rule(key)], value)
+  # Names detectron2's ResNet-50 registers (stem, res2..res5, conv<i>.norm, shortcut.norm).
+  assert {'stem.conv1.weight', 'stem.conv1.norm.running_var', 'res2.0.shortcut.weight',
+          'res2.0.shortcut.norm.bias', 'res3.3.conv2.norm.weight', 'res5.2.conv3.weight',
+          'stem.fc.0.weight'} <= got['model'].keys()
+
+
+def test_detectron2_command_on_the_demo_run(demo_run, tmp_path, capsys):
+  workdir = demo_run[0]
+  export_main([str(workdir), '--format', 'detectron2', '--out', str(tmp_path / 'd2.pkl')])
+  summary = json.loads(capsys.readouterr().out)
+  with open(tmp_path / 'd2.pkl', 'rb') as f:
+    got = pickle.load(f)
+  export(workdir, tmp_path / 'moco.pth', 'moco')  # what moco's script would be given
+  moco = torch.load(tmp_path / 'moco.pth', weights_only=True)['state_dict']
+  expected = {detectron2_rule(k): v.numpy() for k, v in moco.items()
+              if k.startswith('module.encoder_q.')}
+  assert summary['tensors'] == len(expected) and got['model'].keys() == expected.keys()
+  for key, value in expected.items():
+    assert isinstance(got['model'][key], np.ndarray) and np.array_equal(got['model'][key], value)
+  with pytest.raises(ValueError, match=r'd2\.pth: detectron2 reads its weights from a \.pkl'):
+    export(workdir, tmp_path / 'd2.pth', 'detectron2')
