@@ -12,13 +12,13 @@ Prints a one-line JSON summary.
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from converters.mapping import flax_to_torch, torch_order
 from converters.torch_files import TorchWeights, parameter_keys
+from revisit_jax import cli, files
 
 
 def read_checkpoint(path, step: int | None = None) -> TorchWeights:
@@ -91,19 +91,17 @@ def to_torch(tree):
 
 
 def write(state: dict[str, np.ndarray], out: Path, extra: dict | None = None):
-  """Writes atomically: a temporary file renamed into place. `extra` (epoch, arch,
+  """Writes atomically (a killed write leaves the previous file). `extra` (epoch, arch,
   optimizer) wraps the tensors as {'state_dict': ..., **extra}, the original's layout."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + '.tmp')
-  if out.suffix == '.safetensors':
-    from safetensors.numpy import save_file
-    save_file({k: np.array(v, order='C') for k, v in state.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (extra or {}).items()})
-  else:
-    import torch
-    tensors = to_torch(state)
-    torch.save({**to_torch(extra), 'state_dict': tensors} if extra else tensors, tmp)
-  os.replace(tmp, out)
+  with files.replaced_atomically(out) as tmp:
+    if out.suffix == '.safetensors':
+      from safetensors.numpy import save_file
+      save_file({k: np.array(v, order='C') for k, v in state.items()}, str(tmp),
+                metadata={k: str(v) for k, v in (extra or {}).items()})
+    else:
+      import torch
+      tensors = to_torch(state)
+      torch.save({**to_torch(extra), 'state_dict': tensors} if extra else tensors, tmp)
 
 
 def export(path, out, fmt: str = 'torchvision', step: int | None = None) -> dict:
@@ -134,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

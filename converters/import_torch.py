@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from converters.mapping import torch_to_flax
 from converters.torch_files import TorchWeights, parameter_keys, read_weights
-from revisit_jax import checkpoint
+from revisit_jax import checkpoint, cli
 from revisit_jax.sharding import make_mesh
 from revisit_jax.train_state import create_train_state
 
@@ -123,4 +123,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run_absl(main)
