@@ -78,7 +78,7 @@ def import_weights(src, out, config, steps_per_epoch: int) -> dict:
   mngr = checkpoint.manager(out, async_save=False)
   checkpoint.save(mngr, int(state.step), state,
                   checkpoint.make_meta(config, state.step, weights.epoch, source=str(src)))
-  mngr.close()
+  checkpoint.close(mngr)
   return {'tensors': len(weights.encoder_q) + len(weights.encoder_k or {}) + len(weights.queues),
           'source_format': weights.layout, 'epoch': weights.epoch, 'step': int(state.step),
           'momentum_imported': momentum is not None, 'out': str(checkpoint.checkpoint_dir(out))}

@@ -2,7 +2,9 @@
 
 orbax writes each step into a temporary folder and renames it when complete, so a process
 killed mid-save leaves the previous steps and a temporary folder, which the next training
-manager removes. `meta` is JSON: the resolved config, epoch and where the weights came from.
+manager removes. Old steps leave the same way: orbax renames them into checkpoints/deleted/,
+which is emptied before each save and at the end, so a kill mid-deletion leaves no half-deleted
+step either. `meta` is JSON: the resolved config, epoch and where the weights came from.
 
 A step folder that does not read back (a file missing or truncated, metadata unreadable) is
 damaged: a resume reports it in one warning line, renames it <step>.damaged-<time> (nothing
@@ -10,6 +12,7 @@ is deleted) and goes on from the newest intact step.
 """
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from revisit_jax.cli import one_line
+
+
+DELETED = 'deleted'  # orbax renames the steps it no longer keeps into this sub-folder
 
 
 class DamagedCheckpoint(ValueError):
@@ -50,17 +56,32 @@ def _open(directory, options=None):
 
 
 def manager(path, max_to_keep: int | None = None, async_save: bool = True):
-  """A manager that writes; it first removes the temporary folders of interrupted saves."""
+  """A manager that writes; it first removes what interrupted saves and deletions left."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          enable_async_checkpointing=async_save, create=True,
-                                         cleanup_tmp_directories=True)
-  return _open(checkpoint_dir(path), options)
+                                         cleanup_tmp_directories=True, todelete_subdir=DELETED)
+  directory = checkpoint_dir(path)
+  _empty_deleted(directory)
+  return _open(directory, options)
+
+
+def _empty_deleted(directory: Path) -> None:
+  if jax.process_index() == 0:  # the process that renamed them
+    shutil.rmtree(directory / DELETED, ignore_errors=True)
 
 
 def save(mngr, step: int, state, meta: dict, force: bool = True):
+  mngr.wait_until_finished()  # the previous save's deletions are done (save waits anyway)
+  _empty_deleted(Path(mngr.directory))
   mngr.save(int(step), force=force,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(meta)))
+
+
+def close(mngr) -> None:
+  """Waits for the last save, then removes the steps it replaced."""
+  mngr.close()
+  _empty_deleted(Path(mngr.directory))
 
 
 def steps(path) -> list[int]:

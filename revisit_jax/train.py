@@ -378,8 +378,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   finally:
     stop.restore()
     bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    checkpoint.close(mngr)
     writer.close()
 
   summary = {'step': step, 'epoch': step / steps_per_epoch, 'stopped': stopped,
