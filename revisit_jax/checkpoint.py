@@ -14,6 +14,7 @@ is deleted) and goes on from the newest intact step.
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +132,7 @@ def restore(path, template=None, step: int | None = None):
   if step not in found:
     raise FileNotFoundError(f'{path}: no step {step} in {directory} (steps: {found})')
   mngr = _open(directory)
+  _hush_abandoned_reads()  # before: they can fail while the error is still propagating
   try:
     if template is None:
       template = on_one_device(mngr, step)
@@ -139,7 +141,6 @@ def restore(path, template=None, step: int | None = None):
   except jax.errors.JaxRuntimeError:
     raise
   except Exception as e:  # orbax and tensorstore raise many types for bad bytes, even Exception
-    _hush_abandoned_reads()
     reason = one_line(e.__cause__ or e)[:300]
     raise DamagedCheckpoint(f'checkpoint {directory / str(step)} is damaged '
                             f'({type(e).__name__}: {reason})') from e
@@ -152,14 +153,16 @@ def _hush_abandoned_reads() -> None:
   They fail after the restore has returned, from tensorstore's threads ('Event loop is
   closed', through sys.excepthook) and at garbage collection (orbax's 'Encountered error while
   reading array index' with a TensorStore spec, through sys.unraisablehook): some hundred
-  lines that would bury the one-line warning. Every other exception is printed as before.
+  lines that would bury the one-line warning. Every other exception, and any in the main
+  thread, is printed as before.
   """
   if getattr(sys.excepthook, 'hushes_abandoned_reads', False):
     return
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def on_exception(kind, value, tb):
-    if not (kind is RuntimeError and str(value) == 'Event loop is closed'):
+    abandoned = kind is RuntimeError and str(value) == 'Event loop is closed'
+    if not abandoned or threading.current_thread() is threading.main_thread():
       excepthook(kind, value, tb)
 
   def on_unraisable(unraisable):

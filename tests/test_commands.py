@@ -8,7 +8,7 @@ left on, so what they print at import time is seen too.
 """
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +18,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from converters.import_torch import import_weights
 from fixtures_eval import resnet50_pth, write_voc07, write_voc12  # noqa: F401  (a fixture)
 from revisit_jax import cli
 from test_converters import original_checkpoint, small_config
@@ -50,9 +51,7 @@ def bad(tmp_path_factory, resnet50_pth):  # noqa: F811
   original_checkpoint(p['original'])  # resnet18, queues of test_converters.K entries
   p['config'].write_text('from tests.test_converters import small_config\n\n\n'
                          'def get_config():\n  return small_config()\n')
-  from converters.import_torch import import_weights
   import_weights(p['original'], p['run'], small_config(), steps_per_epoch=10)
-  import shutil
   shutil.copytree(p['run'], p['damaged_run'])
   for metadata in (p['damaged_run'] / 'checkpoints').glob('*/state/_METADATA'):
     metadata.write_bytes(b'\x00not json')
