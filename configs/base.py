@@ -60,6 +60,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.num_steps = -1             # -1: epochs x steps per epoch; a positive value stops early
   c.train.export_torch = True        # write torchvision weights next to the checkpoints at the end
+  c.train.compilation_cache = 'auto'  # persistent XLA cache: a folder, 'off', or 'auto' =
+                                     # $REVISIT_JAX_XLA_CACHE, else ~/.cache/revisit_jax/xla
 
   c.monitor = ml_collections.ConfigDict()
   c.monitor.every_epochs = 0         # 0 = off; else weighted kNN top-1 every E epochs

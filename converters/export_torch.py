@@ -14,7 +14,6 @@ detectron2's `MODEL.WEIGHTS`. Prints a one-line JSON summary.
 
 import argparse
 import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from converters.mapping import flax_to_torch, torch_order
 from converters.torch_files import TorchWeights, parameter_keys
+from revisit_jax import cli, files
 
 
 def read_checkpoint(path, step: int | None = None) -> TorchWeights:
@@ -105,11 +105,8 @@ def detectron2_checkpoint(weights: TorchWeights) -> dict:
 
 
 def write_pickle(obj, out: Path):
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + '.tmp')
-  with open(tmp, 'wb') as f:
+  with files.replaced_atomically(out) as tmp, open(tmp, 'wb') as f:
     pickle.dump(obj, f)
-  os.replace(tmp, out)
 
 
 def to_torch(tree):
@@ -122,19 +119,17 @@ def to_torch(tree):
 
 
 def write(state: dict[str, np.ndarray], out: Path, extra: dict | None = None):
-  """Writes atomically: a temporary file renamed into place. `extra` (epoch, arch,
+  """Writes atomically (a killed write leaves the previous file). `extra` (epoch, arch,
   optimizer) wraps the tensors as {'state_dict': ..., **extra}, the original's layout."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + '.tmp')
-  if out.suffix == '.safetensors':
-    from safetensors.numpy import save_file
-    save_file({k: np.array(v, order='C') for k, v in state.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (extra or {}).items()})
-  else:
-    import torch
-    tensors = to_torch(state)
-    torch.save({**to_torch(extra), 'state_dict': tensors} if extra else tensors, tmp)
-  os.replace(tmp, out)
+  with files.replaced_atomically(out) as tmp:
+    if out.suffix == '.safetensors':
+      from safetensors.numpy import save_file
+      save_file({k: np.array(v, order='C') for k, v in state.items()}, str(tmp),
+                metadata={k: str(v) for k, v in (extra or {}).items()})
+    else:
+      import torch
+      tensors = to_torch(state)
+      torch.save({**to_torch(extra), 'state_dict': tensors} if extra else tensors, tmp)
 
 
 FORMATS = ('torchvision', 'moco', 'detectron2')
@@ -178,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

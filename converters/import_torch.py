@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from converters.mapping import torch_to_flax
 from converters.torch_files import TorchWeights, parameter_keys, read_weights
-from revisit_jax import checkpoint
+from revisit_jax import checkpoint, cli
 from revisit_jax.sharding import make_mesh
 from revisit_jax.train_state import create_train_state
 
@@ -78,7 +78,7 @@ def import_weights(src, out, config, steps_per_epoch: int) -> dict:
   mngr = checkpoint.manager(out, async_save=False)
   checkpoint.save(mngr, int(state.step), state,
                   checkpoint.make_meta(config, state.step, weights.epoch, source=str(src)))
-  mngr.close()
+  checkpoint.close(mngr)
   return {'tensors': len(weights.encoder_q) + len(weights.encoder_k or {}) + len(weights.queues),
           'source_format': weights.layout, 'epoch': weights.epoch, 'step': int(state.step),
           'momentum_imported': momentum is not None, 'out': str(checkpoint.checkpoint_dir(out))}
@@ -123,4 +123,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run_absl(main)

@@ -68,7 +68,7 @@ class StateDictMismatch(ValueError):
   """The tensors do not fit the model: lists what is missing, extra or mis-shaped."""
 
   def __init__(self, source, missing=(), unexpected=(), misshaped=()):
-    lines = [f'{source}: the tensors do not fit the model.']
+    lines = [f'{source}: the tensors do not fit the model']
     if missing:
       lines.append(f'missing keys ({len(missing)}): {", ".join(sorted(missing))}')
     if unexpected:
@@ -76,7 +76,7 @@ class StateDictMismatch(ValueError):
     if misshaped:
       lines.append('mis-shaped: ' + ', '.join(
           f'{k} {tuple(got)} (model expects {tuple(want)})' for k, got, want in misshaped))
-    super().__init__('\n'.join(lines))
+    super().__init__('; '.join(lines))
     self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
 
 

@@ -21,7 +21,9 @@ globally in group order; crop 1 (the second crop of the first group) is the key 
 
 import math
 
-import tensorflow as tf
+from input_pipeline.sources import import_tf
+
+tf = import_tf()
 
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10  # torchvision's tries per random-resized-crop

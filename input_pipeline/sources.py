@@ -11,9 +11,11 @@ Constructors check their input at once, so a bad path or dataset name fails befo
 device work.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
+import sys
 
 import numpy as np
 
@@ -22,10 +24,27 @@ DEMO = 'demo'
 TFDS_PREFIX = 'tfds:'
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Points file descriptor 2 at /dev/null: TensorFlow 2.21 logs INFO lines from C++ at import
+  (oneDNN, CPU features) whatever TF_CPP_MIN_LOG_LEVEL says, and they would come before a
+  command's one-line output or error. Python's own errors are printed after, as usual."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 @functools.cache
 def import_tf():
   """TensorFlow, imported lazily and kept off the accelerators (once, before TF starts)."""
-  import tensorflow as tf
+  with native_stderr_silenced() if 'tensorflow' not in sys.modules else contextlib.nullcontext():
+    import tensorflow as tf
 
   tf.config.set_visible_devices([], 'GPU')  # TF must not take accelerator memory from JAX
   return tf

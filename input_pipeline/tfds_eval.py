@@ -21,8 +21,9 @@ def load(name: str, split: str, data_dir=None, image_key=None):
 
   def not_found(e):
     where = data_dir or 'the default data dir'
+    first_line = str(e).strip().splitlines()[0]  # not TFDS's list of every dataset it knows
     return FileNotFoundError(f'TFDS dataset {name!r} split {split!r} not found in {where} '
-                             f'(it must be prepared beforehand): {e}')
+                             f'(it must be prepared beforehand): {first_line}')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -15,7 +15,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from revisit_jax.sharding import batch_sharding, make_mesh
@@ -91,4 +91,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'timed steps')
   flags.DEFINE_integer('warmup', 3, 'untimed steps after the compiling one')
   flags.DEFINE_bool('augment_share', False, 'also time the step without on-device augmentation')
-  app.run(main)
+  from revisit_jax import cli  # one-line errors, exit status 2
+  cli.run_absl(main)

@@ -1,15 +1,41 @@
 """Training checkpoints: orbax, under WORKDIR/checkpoints/<step>/{state,meta}.
 
-orbax writes each step into a temporary folder and renames it when complete, so a
-crash mid-save never leaves a half-written latest checkpoint. `meta` is JSON: the
-resolved config, epoch and where the weights came from.
+orbax writes each step into a temporary folder and renames it when complete, so a process
+killed mid-save leaves the previous steps and a temporary folder, which the next training
+manager removes. Old steps leave the same way: orbax renames them into checkpoints/deleted/,
+which is emptied before each save and at the end, so a kill mid-deletion leaves no half-deleted
+step either. `meta` is JSON: the resolved config, epoch and where the weights came from.
+
+A step folder that does not read back (a file missing or truncated, metadata unreadable) is
+damaged: a resume reports it in one warning line, renames it <step>.damaged-<time> (nothing
+is deleted) and goes on from the newest intact step.
 """
 
 import json
+import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from revisit_jax.cli import one_line
+
+
+DELETED = 'deleted'  # orbax renames the steps it no longer keeps into this sub-folder
+
+
+class DamagedCheckpoint(ValueError):
+  """A step folder that exists but does not read back."""
+
+
+class NoIntactCheckpoint(ValueError):
+  """Step folders exist, and none reads back."""
 
 
 def checkpoint_dir(path) -> Path:
@@ -31,28 +57,56 @@ def _open(directory, options=None):
 
 
 def manager(path, max_to_keep: int | None = None, async_save: bool = True):
+  """A manager that writes; it first removes what interrupted saves and deletions left."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                         enable_async_checkpointing=async_save, create=True)
-  return _open(checkpoint_dir(path), options)
+                                         enable_async_checkpointing=async_save, create=True,
+                                         cleanup_tmp_directories=True, todelete_subdir=DELETED)
+  directory = checkpoint_dir(path)
+  _empty_deleted(directory)
+  return _open(directory, options)
+
+
+def _empty_deleted(directory: Path) -> None:
+  if jax.process_index() == 0:  # the process that renamed them
+    shutil.rmtree(directory / DELETED, ignore_errors=True)
 
 
 def save(mngr, step: int, state, meta: dict, force: bool = True):
+  mngr.wait_until_finished()  # the previous save's deletions are done (save waits anyway)
+  _empty_deleted(Path(mngr.directory))
   mngr.save(int(step), force=force,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(meta)))
 
 
-def latest_step(path) -> int | None:
+def close(mngr) -> None:
+  """Waits for the last save, then removes the steps it replaced."""
+  mngr.close()
+  _empty_deleted(Path(mngr.directory))
+
+
+def steps(path) -> list[int]:
+  """The complete (renamed into place) steps, oldest first."""
   directory = checkpoint_dir(path)
-  if not directory.is_dir():
-    return None
-  return _open(directory).latest_step()
+  return sorted(_open(directory).all_steps()) if directory.is_dir() else []
 
 
-def restore_meta(path, step: int | None = None) -> dict:
-  mngr = _open(checkpoint_dir(path))
-  step = mngr.latest_step() if step is None else step
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+def latest_step(path) -> int | None:
+  found = steps(path)
+  return found[-1] if found else None
+
+
+def newest_meta(path) -> dict | None:
+  """The meta of the newest step whose meta reads back (None if none does): which run the
+  folder holds, known before anything is built."""
+  directory = checkpoint_dir(path)
+  mngr = _open(directory)
+  for step in reversed(steps(directory)):
+    try:
+      return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception:  # noqa: BLE001  a damaged step: restore_newest_intact reports it
+      continue
+  return None
 
 
 def on_one_device(mngr, step: int):
@@ -65,14 +119,100 @@ def on_one_device(mngr, step: int):
 
 def restore(path, template=None, step: int | None = None):
   """(state, meta) of `step` (default: latest). Without a template the state comes back
-  as nested dicts of arrays on one device, which is all the exporters need."""
+  as nested dicts of arrays on one device, which is all the exporters need.
+
+  A step that does not read back raises DamagedCheckpoint naming its folder; errors of the
+  devices (out of memory) are raised as they are.
+  """
   directory = checkpoint_dir(path)
-  mngr = _open(directory)
-  step = mngr.latest_step() if step is None else step
+  found = steps(directory)
+  step = (found[-1] if found else None) if step is None else step
   if step is None:
     raise FileNotFoundError(f'{path}: no checkpoint found in {directory}')
-  if template is None:
-    template = on_one_device(mngr, step)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+  if step not in found:
+    raise FileNotFoundError(f'{path}: no step {step} in {directory} (steps: {found})')
+  mngr = _open(directory)
+  _hush_abandoned_reads()  # before: they can fail while the error is still propagating
+  try:
+    if template is None:
+      template = on_one_device(mngr, step)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+  except jax.errors.JaxRuntimeError:
+    raise
+  except Exception as e:  # orbax and tensorstore raise many types for bad bytes, even Exception
+    reason = one_line(e.__cause__ or e)[:300]
+    raise DamagedCheckpoint(f'checkpoint {directory / str(step)} is damaged '
+                            f'({type(e).__name__}: {reason})') from e
   return restored.state, restored.meta
+
+
+def _hush_abandoned_reads() -> None:
+  """Drops the tracebacks of the reads orbax leaves in flight when a damaged step fails.
+
+  They fail after the restore has returned, from tensorstore's threads ('Event loop is
+  closed', through sys.excepthook) and at garbage collection (orbax's 'Encountered error while
+  reading array index' with a TensorStore spec, through sys.unraisablehook): some hundred
+  lines that would bury the one-line warning. Every other exception, and any in the main
+  thread, is printed as before.
+  """
+  if getattr(sys.excepthook, 'hushes_abandoned_reads', False):
+    return
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def on_exception(kind, value, tb):
+    abandoned = kind is RuntimeError and str(value) == 'Event loop is closed'
+    if not abandoned or threading.current_thread() is threading.main_thread():
+      excepthook(kind, value, tb)
+
+  def on_unraisable(unraisable):
+    if not str(unraisable.exc_value).startswith('Encountered error while reading array index'):
+      unraisablehook(unraisable)
+
+  on_exception.hushes_abandoned_reads = True
+  sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
+def _everywhere(ok: bool) -> bool:
+  """Whether `ok` holds on every process (all of them take the same branch after)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).all())
+
+
+def move_aside(directory: Path, step: int) -> Path:
+  """Renames a step folder out of orbax's sight (process 0; every process waits)."""
+  aside = directory / f'{step}.damaged-{time.strftime("%Y%m%dT%H%M%S")}'
+  if jax.process_index() == 0:
+    (directory / str(step)).rename(aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'move_aside_{step}')
+  return aside
+
+
+def restore_newest_intact(path, template):
+  """(state, meta) of the newest step that reads back; None when there is no step.
+
+  Each newer, damaged step is reported in one warning line and moved aside, so the run goes
+  on from the intact one and its later saves of those steps do not collide. If no step reads
+  back, NoIntactCheckpoint (nothing is moved).
+  """
+  directory = checkpoint_dir(path)
+  damaged = []
+  for step in reversed(steps(directory)):
+    try:
+      restored, error = restore(directory, template, step), None
+    except DamagedCheckpoint as e:
+      restored, error = None, e
+    if _everywhere(error is None):
+      for bad, reason in damaged:
+        aside = move_aside(directory, bad)
+        logging.warning('%s; moved to %s, resuming from step %d', reason, aside.name, step)
+      return restored
+    damaged.append((step, error or f'checkpoint {directory / str(step)} is damaged on '
+                                    'another process'))
+  if damaged:
+    raise NoIntactCheckpoint(f'{directory} holds no intact checkpoint: steps '
+                             f'{", ".join(str(s) for s, _ in damaged)} are damaged '
+                             f'(newest: {damaged[0][1]})')
+  return None

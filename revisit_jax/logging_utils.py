@@ -11,17 +11,25 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+from revisit_jax import files
+
 METRICS_FILE = 'metrics.jsonl'
 
 
 class MetricWriter:
   """Scalars to TensorBoard event files in WORKDIR and to WORKDIR/metrics.jsonl
-  ({"step": s, name: value, ...} per line), on process 0 only."""
+  ({"step": s, name: value, ...} per line), on process 0 only.
 
-  def __init__(self, workdir):
+  A run resumed at `step` first drops the lines of later steps (logged before a kill, redone
+  now) and a line cut short by the kill, so each step appears once. TensorBoard keeps such
+  steps twice and shows the newer values.
+  """
+
+  def __init__(self, workdir, step: int):
     self._active = jax.process_index() == 0
     if not self._active:
       return
+    keep_steps_up_to(Path(workdir) / METRICS_FILE, step)
     from input_pipeline.sources import import_tf
     import_tf()  # clu's summary writer imports TensorFlow: hide the GPUs from it first
     from clu import metric_writers
@@ -40,6 +48,21 @@ class MetricWriter:
     if self._active:
       self._events.close()
       self._jsonl.close()
+
+
+def keep_steps_up_to(path: Path, step: int) -> None:
+  """Rewrites the metrics log `path` (atomically) without lines after `step` or cut short."""
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if line.endswith('\n') and record['step'] <= step:
+      kept.append(line)
+  files.write_text(path, ''.join(kept))
 
 
 def progress_bar(total: int, initial: int):

@@ -4,9 +4,12 @@
   python -m revisit_jax.main --config configs/ours_800ep.py --workdir runs/ours \\
       --config.data.source=/data/coco/train2017
 
-Running the same command again resumes from the latest checkpoint in DIR; SIGTERM or
-SIGINT saves and exits 0. An unknown field, a value of the wrong type or an impossible
-combination stops the program before any work.
+Running the same command again resumes from the newest intact checkpoint in DIR, whatever
+killed the run (SIGTERM or SIGINT save and exit 0; after a SIGKILL or a crash the steps since
+the last checkpoint are redone). A damaged checkpoint is reported in one warning line and moved
+aside; if none is intact the program stops and --fresh starts again from step 0. An unknown
+field, a value of the wrong type or an impossible combination stops the program before any
+work, in one line on stderr and exit status 2.
 
 Several hosts: under SLURM (SLURM_NTASKS > 1, one task per host) jax.distributed finds the
 coordinator itself; elsewhere start one process per host with
@@ -16,11 +19,12 @@ All processes form one mesh over all devices; each reads its share of every batc
 
 import json
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from revisit_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -29,6 +33,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'HOST:PORT of process 0 for a multi-host run.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-host run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process in a multi-host run.')
+_FRESH = flags.DEFINE_bool('fresh', False, 'Start from step 0: first move what --workdir holds '
+                           '(checkpoints, logs, exports) into WORKDIR/previous-<time>/.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -74,39 +80,20 @@ def write_curves(workdir) -> None:
   print(f'Training curves: {png}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; a mistyped --config.FIELD ends in one line instead of a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f'error: {e}')
-  except (AttributeError, KeyError) as e:  # ml_collections on a field the config lacks
-    while isinstance(e, BaseException) and e.args:  # the KeyError inside the AttributeError
-      e = e.args[0]
-    hint = ' '.join(str(e).split())
-    given = [a for a in argv[1:] if a.startswith('--config.')]
-    sys.exit(f'error: unknown config field in {" ".join(given)}: {hint}')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:  # orbax's INFO lines would bury the progress bar
-    logging.set_verbosity(logging.WARNING)
   try:
     config = _CONFIG.value.lock()  # a config file that failed to load raises here
   except OSError as e:
-    sys.exit(f'error: --config: {" ".join(str(e).split())}')
+    raise OSError(f'--config: {cli.one_line(e)}') from None
   init_distributed()
   from revisit_jax import train
-  try:
-    summary = train.train(config, _WORKDIR.value)
-  except train.RunError as e:
-    sys.exit(f'error: {e}')
+  summary = train.train(config, _WORKDIR.value, fresh=_FRESH.value)
   if jax.process_index() == 0:
     write_curves(_WORKDIR.value)
     report(summary)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run_absl(main)

@@ -5,9 +5,15 @@ step % steps_per_epoch), so a checkpoint of the state is all a resume needs. Che
 are orbax's (asynchronous, renamed into place when complete): every
 train.checkpoint_every_steps steps, at each epoch end, at the end and on SIGTERM/SIGINT.
 A checkpoint is written only after its step's loss and the state it holds were seen to be finite.
+
+Whenever the process dies, running it again ends with the state an uninterrupted run ends
+with: it resumes from the newest intact checkpoint (revisit_jax.checkpoint), the metrics log
+drops the steps it will redo, and the files written at the end (config.json, knn_final.json,
+the torchvision export) are replaced atomically.
 """
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -20,7 +26,8 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from revisit_jax import checkpoint, logging_utils, monitor, sharding, train_state, train_step
+from revisit_jax import (checkpoint, compile_cache, files, logging_utils, monitor, sharding,
+                         train_state, train_step)
 
 # The config fields that define a run: a workdir holding another value of one of them is refused.
 RUN_FIELDS = ('model', 'method', 'crops', 'optim', 'data.global_batch', 'data.source',
@@ -29,8 +36,8 @@ CONFIG_FILE = 'config.json'
 FINAL_KNN_FILE = 'knn_final.json'
 
 
-class RunError(Exception):
-  """A problem with the config, the data or the workdir, reported without a traceback."""
+class RunError(ValueError):
+  """A problem with the config, the data or the workdir: the command reports it in one line."""
 
 
 class NonFiniteLoss(RunError):
@@ -81,6 +88,8 @@ def validate(config, mesh, num_images: int) -> None:
   elif t.num_steps != -1 and not 0 < t.num_steps <= config.optim.epochs * steps_per_epoch:
     problems.append(f'config.train.num_steps={t.num_steps}: expected -1 or 1..'
                     f'{config.optim.epochs * steps_per_epoch} (epochs x steps per epoch)')
+  if not t.compilation_cache:
+    problems.append("config.train.compilation_cache is empty: expected 'auto', 'off' or a folder")
   mon = config.monitor
   if (mon.every_epochs > 0 or mon.final_vs_random) and not mon.source:
     problems.append('config.monitor.source is empty but the monitor is on '
@@ -88,7 +97,7 @@ def validate(config, mesh, num_images: int) -> None:
   if mon.every_epochs < 0:
     problems.append(f'config.monitor.every_epochs={mon.every_epochs} must be >= 0')
   if problems:
-    raise RunError('invalid config:\n  ' + '\n  '.join(problems))
+    raise RunError('invalid config: ' + '; '.join(problems))
   note = train_step.bn_group_note(config, mesh.devices.size)
   if note:
     logging.warning(note)
@@ -139,17 +148,43 @@ class StopSignal:
       signal.signal(s, handler)
 
 
-def check_resumable(workdir: Path, config) -> int | None:
-  """The latest checkpoint step of `workdir`, after refusing one of another run."""
-  step = checkpoint.latest_step(workdir)
-  if step is None:
-    return None
-  differences = run_differences(checkpoint.restore_meta(workdir, step)['config'], config)
+def check_same_run(workdir: Path, config) -> None:
+  """Refuses a workdir whose checkpoints belong to another run, before anything is built."""
+  meta = checkpoint.newest_meta(workdir)
+  differences = run_differences(meta['config'], config) if meta else []
   if differences:
-    raise RunError(f'{workdir} holds a checkpoint (step {step}) of another run; the fields that '
-                   'differ:\n  ' + '\n  '.join(differences) +
-                   '\nUse a new --workdir, or the checkpoint\'s config.')
-  return step
+    raise RunError(f'{workdir} holds a checkpoint (step {meta["step"]}) of another run; the '
+                   f'fields that differ: {"; ".join(differences)}. Use a new --workdir, the '
+                   "checkpoint's config, or --fresh to move the old run aside.")
+
+
+def start_afresh(workdir: Path) -> None:
+  """--fresh: everything in `workdir` moves into workdir/previous-<time>/ (process 0)."""
+  if jax.process_index() == 0 and workdir.is_dir():
+    entries = [p for p in workdir.iterdir() if not p.name.startswith('previous-')]
+    if entries:
+      target = workdir / f'previous-{time.strftime("%Y%m%dT%H%M%S")}'
+      target.mkdir()
+      for p in entries:
+        shutil.move(p, target / p.name)
+      print(f'--fresh: moved the previous contents of {workdir} to {target}', flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('fresh')
+
+
+def restore(workdir: Path, state):
+  """(state, its checkpoint step): the newest intact checkpoint's, or (`state`, None)."""
+  try:
+    restored = checkpoint.restore_newest_intact(workdir, state)
+  except checkpoint.NoIntactCheckpoint as e:
+    raise RunError(f'{e}. --fresh moves what the workdir holds aside and starts from step 0.'
+                   ) from None
+  if restored is None:
+    return state, None
+  state, meta = restored
+  if jax.process_index() == 0:
+    print(f'Resuming from step {meta["step"]} in {workdir}', flush=True)
+  return state, meta['step']
 
 
 def as_device_batches(iterator, mesh):
@@ -231,7 +266,7 @@ def export_weights(workdir: Path, config, state) -> str:
   """The query encoder as torchvision weights beside checkpoints/ (safetensors without torch).
 
   Taken from the parameters in memory, which every process holds whole, and written by
-  process 0: the same on one host or many.
+  process 0 once every process has finished: the same on one host or many.
   """
   from converters.export_torch import write
   from converters.mapping import flax_to_torch
@@ -242,6 +277,8 @@ def export_weights(workdir: Path, config, state) -> str:
   except ImportError:
     suffix = 'safetensors'
   out = workdir / f'{config.model.arch}_torchvision.{suffix}'
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('export')
   if jax.process_index() == 0:
     params, stats = jax.device_get(monitor.local_copy((state.params, state.batch_stats)))
     weights = TorchWeights(path=str(workdir), layout='moco',
@@ -250,13 +287,19 @@ def export_weights(workdir: Path, config, state) -> str:
   return str(out)
 
 
-def train(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Train (or resume) in `workdir`; returns a summary (final step, stopped, kNN, export)."""
+def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> dict:
+  """Train (or resume) in `workdir`; returns a summary (final step, stopped, kNN, export, and
+  the start-up: seconds to the end of the first step, in that step, and spent tracing,
+  lowering and compiling). `fresh` moves what `workdir` holds aside and starts from step 0."""
+  start, compiled_before = time.perf_counter(), compile_cache.seconds()
   workdir = Path(workdir).absolute()
   mesh = sharding.make_mesh()
   source = open_data(config)
   validate(config, mesh, len(source))
-  latest = check_resumable(workdir, config)
+  compile_cache.enable(config.train.compilation_cache)
+  if fresh:
+    start_afresh(workdir)
+  check_same_run(workdir, config)
   splits = open_monitor(config)
 
   from input_pipeline import crops, pipeline
@@ -265,14 +308,10 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   steps_per_epoch = pipeline.steps_per_epoch(len(source), local_batch, processes)
   last = total_steps(config, steps_per_epoch)
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + '\n')
+    files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + '\n')
 
   state = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
-  if latest is not None:
-    state, _ = checkpoint.restore(workdir, state, latest)
-    if jax.process_index() == 0:
-      print(f'Resuming from step {latest} in {workdir}', flush=True)
+  state, latest = restore(workdir, state)
   step = int(state.step)
   iterator = pipeline.create_train_iterator(
       source, layout=crops.layout_of(config), constrained=config.crops.constrained,
@@ -282,16 +321,18 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   step_fn = train_step.make_train_step(config, mesh, steps_per_epoch)
 
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
-  writer = logging_utils.MetricWriter(workdir)
+  writer = logging_utils.MetricWriter(workdir, step)
   bar = logging_utils.progress_bar(last, step)
   stop = StopSignal(every=config.train.log_every_steps)
   metrics = Metrics(steps_per_epoch)
   metrics.checkpointed = latest
   stopped = False
   t = config.train
+  startup = None
   try:
     clock, clock_step = None, step
     while step < last:
+      step_start = time.perf_counter()
       state, step_metrics = step_fn(state, next(batches))
       step += 1
       metrics.add(step, step_metrics)
@@ -299,6 +340,9 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
       if clock is None:  # time from the end of the first (compiling) step
         metrics.settle()
         clock, clock_step = time.perf_counter(), step
+        spent = {'seconds': clock - start, 'first_step_s': clock - step_start,
+                 **{k: v - compiled_before[k] for k, v in compile_cache.seconds().items()}}
+        startup = {k: round(v, 2) for k, v in spent.items()}
       epoch_end = step % steps_per_epoch == 0
       if step % t.log_every_steps == 0 or step == last:
         mean = metrics.mean()
@@ -334,18 +378,17 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   finally:
     stop.restore()
     bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    checkpoint.close(mngr)
     writer.close()
 
   summary = {'step': step, 'epoch': step / steps_per_epoch, 'stopped': stopped,
-             'workdir': str(workdir)}
+             'workdir': str(workdir), 'startup': startup}
   if stopped:
     return summary
   if config.monitor.final_vs_random:
     summary['knn'] = final_knn(config, mesh, state, splits)
     if jax.process_index() == 0:
-      (workdir / FINAL_KNN_FILE).write_text(json.dumps(summary['knn'], indent=2) + '\n')
+      files.write_text(workdir / FINAL_KNN_FILE, json.dumps(summary['knn'], indent=2) + '\n')
   if config.train.export_torch:
     summary['export'] = export_weights(workdir, config, state)
   return summary

@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from revisit_jax import sharding, train, train_step
+from revisit_jax import compile_cache, sharding, train, train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 
@@ -121,6 +121,7 @@ def demo_with(**fields):
     ({'method__knn_topk': 0}, 'config.method.knn_topk=0'),
     ({'method__key_momentum': 1.5}, 'config.method.key_momentum=1.5'),
     ({'method__temperature': 0.0}, 'config.method.temperature=0.0'),
+    ({'train__compilation_cache': ''}, 'config.train.compilation_cache is empty'),
 ])
 def test_impossible_combinations_are_named(fields, message):
   mesh = sharding.make_mesh(jax.devices()[:1])
@@ -147,3 +148,25 @@ def test_bn_groups_other_than_the_papers_128_images_are_flagged(devices, bn_grou
     assert note == ''
   else:
     assert advice in note and f'over {256 // (devices * bn_groups)} images' in note
+
+
+def test_compilation_cache_is_in_the_users_cache_unless_moved_or_turned_off(monkeypatch,
+                                                                            tmp_path):
+  monkeypatch.delenv(compile_cache.ENV, raising=False)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'user_cache'))
+  jax_own = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update('jax_compilation_cache_dir', None)
+    assert compile_cache.resolve('auto') == str(tmp_path / 'user_cache' / 'revisit_jax' / 'xla')
+    jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'jax_own'))
+    assert compile_cache.resolve('auto') == str(tmp_path / 'jax_own')  # JAX's setting is kept
+  finally:
+    jax.config.update('jax_compilation_cache_dir', jax_own)
+  assert compile_cache.resolve('off') is None
+  assert compile_cache.resolve(str(tmp_path / 'mine')) == str(tmp_path / 'mine')
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / 'from_env'))
+  assert compile_cache.resolve('auto') == str(tmp_path / 'from_env')
+  assert compile_cache.resolve(str(tmp_path / 'mine')) == str(tmp_path / 'mine')  # config wins
+  monkeypatch.setenv(compile_cache.ENV, 'off')
+  assert compile_cache.resolve('auto') is None
+  assert load('demo').train.compilation_cache == 'auto'

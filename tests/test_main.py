@@ -8,6 +8,8 @@ config compile once.
 import json
 import logging
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +158,185 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(full_run, cache, tmp_
   after = {s['step']: s['loss'] for s in logged_steps(workdir) if s['step'] > stopped}
   assert sorted(after) == list(range(stopped + 1, STEPS + 1))
   np.testing.assert_allclose([after[s] for s in after], [full[s] for s in after], rtol=1e-6)
+
+
+KILLS = 4  # SIGKILLs per run of the kill test
+EVERY_STEP = dict(train__checkpoint_every_steps=1, train__keep_checkpoints=4,
+                  train__export_torch=True)
+DAMAGES = ('file missing', 'file truncated', 'metadata unreadable')
+
+
+def steps_logged_since(workdir, since_ns) -> list[int]:
+  """The steps in metrics.jsonl if a launch after `since_ns` rewrote it (a resumed run first
+  drops the lines of the steps it redoes), else []. A line being written is skipped."""
+  path = Path(workdir) / 'metrics.jsonl'
+  try:
+    if path.stat().st_mtime_ns <= since_ns:
+      return []
+    lines = path.read_text().splitlines()
+  except FileNotFoundError:
+    return []
+  steps = []
+  for line in lines:
+    try:
+      steps.append(json.loads(line)['step'])
+    except json.JSONDecodeError:
+      pass
+  return steps
+
+
+def temporary_files(workdir) -> list[str]:
+  """What interrupted writes left: orbax's unfinished steps and our files' temporaries."""
+  return sorted(str(p.relative_to(workdir)) for p in Path(workdir).rglob('*')
+                if 'orbax-checkpoint-tmp' in p.name or p.name.endswith('.tmp'))
+
+
+def compiled_steps(cache) -> set[str]:
+  """The training steps in the persistent compilation cache."""
+  return {p.name for p in Path(cache).glob('jit_step-*')}
+
+
+@pytest.fixture(scope='module')
+def killed_run(tmp_path_factory, cache, full_run):
+  """The tiny run with a checkpoint every step (so kills land inside asynchronous saves) and
+  the final export, SIGKILLed KILLS times at random moments and started again after each,
+  then run to its end. Returns (workdir, where each kill landed, the random seed, the
+  training steps it added to the compilation cache, which full_run filled)."""
+  steps_before = compiled_steps(cache)
+  workdir = tmp_path_factory.mktemp('killed')
+  logs = tmp_path_factory.mktemp('killed_logs')
+  seed = random.randrange(2**31)
+  rng = random.Random(seed)
+  kills, startup_s = [], None
+  for attempt in range(KILLS):
+    resumed = checkpoint.latest_step(workdir) or 0
+    # A random delay into start-up (import, restore, compile; the second launch, once the
+    # first showed how long that takes), or after this launch logged a random step: inside
+    # that step's save, the next steps, or the final save and export.
+    target = resumed if attempt == 1 or resumed == STEPS else rng.randint(resumed + 1, STEPS)
+    log = logs / f'launch{attempt}.txt'
+    start, start_ns = time.perf_counter(), time.time_ns()
+    with open(log, 'w') as out:
+      proc = subprocess.Popen(command(workdir, fields=overrides(**EVERY_STEP)), cwd=ROOT,
+                              env=env(cache), stdout=out, stderr=subprocess.STDOUT)
+    if target > resumed:
+      while max(steps_logged_since(workdir, start_ns), default=0) < target:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.perf_counter() - start < 600, f'launch {attempt} never logged step {target}'
+        time.sleep(0.01)
+      startup_s = startup_s or time.perf_counter() - start
+    delay = rng.uniform(0, 1.0 if target > resumed else startup_s)
+    time.sleep(delay)
+    if proc.poll() is not None:  # it finished before the kill
+      assert proc.returncode == 0, log.read_text()[-3000:]
+      break
+    proc.kill()
+    proc.wait()
+    kills.append({'moment': f'{delay:.2f} s after step {target}' if target > resumed
+                            else f'{delay:.2f} s after the launch',
+                  'checkpoints': checkpoint.steps(workdir), 'left': temporary_files(workdir)})
+  result = run(workdir, cache=cache, fields=overrides(**EVERY_STEP))
+  assert result.returncode == 0, result.stderr[-3000:]
+  inside = sum(any('orbax-checkpoint-tmp' in f for f in k['left']) for k in kills)
+  print(f'\nkill test (seed {seed}): {len(kills)} SIGKILLs, {inside} inside a save: {kills}')
+  return workdir, kills, seed, compiled_steps(cache) - steps_before
+
+
+def test_sigkill_at_random_moments_then_restarts_end_as_the_uninterrupted_run(
+    full_run, killed_run, tmp_path):
+  import torch
+  from converters.export_torch import export
+  workdir, kills, seed, compiled = killed_run
+  context = f'seed {seed}, kills {kills}'
+  assert kills, context
+  assert not compiled, 'every launch should have read the step from the compilation cache'
+
+  want, _ = arrays(full_run[0])
+  got, meta = arrays(workdir)
+  assert meta['step'] == STEPS and sorted(got) == sorted(want), context
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=f'{name}; {context}')
+  # Every step logged once, with the uninterrupted run's values.
+  logged, full = logged_steps(workdir), logged_steps(full_run[0])
+  assert [s['step'] for s in logged] == list(range(1, STEPS + 1)), context
+  for name in ('loss', 'infonce', 'knn', 'acc1', 'acc5', 'lr'):
+    assert [s[name] for s in logged] == [s[name] for s in full], f'{name}; {context}'
+  # The files written at the end are whole, and nothing temporary is left.
+  assert json.loads((workdir / 'config.json').read_text())['train']['checkpoint_every_steps'] == 1
+  exported = torch.load(workdir / 'resnet18_torchvision.pth', weights_only=True)
+  export(workdir, tmp_path / 'reference.pth')
+  reference = torch.load(tmp_path / 'reference.pth', weights_only=True)
+  assert sorted(exported) == sorted(reference)
+  assert all(torch.equal(exported[k], reference[k]) for k in reference), context
+  assert temporary_files(workdir) == [], context
+
+
+def damage(step_dir: Path, how: str) -> None:
+  """What a crash or a bad disk does to a step folder: its largest file (array data) missing
+  or cut in half, or the metadata of its state unreadable."""
+  state = step_dir / 'state'
+  if how == 'metadata unreadable':
+    (state / '_METADATA').write_bytes(b'\x00not json')
+    return
+  largest = max((p for p in state.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  if how == 'file missing':
+    largest.unlink()
+  else:
+    largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+
+
+def test_damaged_checkpoints_are_named_and_the_run_resumes_from_the_newest_intact_one(
+    full_run, killed_run, cache, tmp_path):
+  workdir = tmp_path / 'damaged'
+  shutil.copytree(killed_run[0], workdir)
+  steps = checkpoint.steps(workdir)[-4:]  # a kill between a save and a deletion leaves 5
+  assert steps == [STEPS - 3, STEPS - 2, STEPS - 1, STEPS]
+  for step, how in zip(reversed(steps), DAMAGES):  # the newest three, one way each
+    damage(workdir / 'checkpoints' / str(step), how)
+  result = run(workdir, cache=cache, fields=overrides(**EVERY_STEP))
+  assert result.returncode == 0, result.stderr[-3000:]
+  intact = steps[0]
+  assert f'Resuming from step {intact}' in result.stdout
+  for step, how in zip(reversed(steps), DAMAGES):
+    lines = [line for line in result.stderr.splitlines()
+             if f'{workdir / "checkpoints" / str(step)} is damaged' in line]
+    assert len(lines) == 1 and f'resuming from step {intact}' in lines[0], (how, result.stderr)
+    assert len(list((workdir / 'checkpoints').glob(f'{step}.damaged-*/state'))) == 1, how
+  assert checkpoint.steps(workdir) == steps  # redone and saved again
+  want, _ = arrays(full_run[0])
+  got, _ = arrays(workdir)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert [s['step'] for s in logged_steps(workdir)] == list(range(1, STEPS + 1))
+
+
+def test_no_intact_checkpoint_stops_in_one_line_and_fresh_starts_again(
+    full_run, killed_run, cache, tmp_path):
+  workdir = tmp_path / 'ruined'
+  shutil.copytree(killed_run[0], workdir)
+  steps = checkpoint.steps(workdir)
+  for i, step in enumerate(steps):
+    damage(workdir / 'checkpoints' / str(step), DAMAGES[i % len(DAMAGES)])
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  result = run(workdir, cache=cache, fields=overrides(**EVERY_STEP))
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(f'error: {workdir / "checkpoints"} holds no intact checkpoint')
+  assert '--fresh' in lines[0]
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before  # untouched
+
+  fresh = run(workdir, '--fresh', cache=cache,
+              fields=overrides(**EVERY_STEP, train__num_steps=2))
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  previous = list(workdir.glob('previous-*'))
+  assert len(previous) == 1
+  assert sorted(p.name for p in (previous[0] / 'checkpoints').iterdir()) == before
+  assert (previous[0] / 'metrics.jsonl').exists()
+  assert checkpoint.steps(workdir) == [1, 2]
+  logged, full = logged_steps(workdir), logged_steps(full_run[0])
+  assert [s['step'] for s in logged] == [1, 2]
+  assert [s['loss'] for s in logged] == [s['loss'] for s in full[:2]]
 
 
 def test_checkpoint_reads_back_without_warnings(full_run, caplog):

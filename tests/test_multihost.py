@@ -1,6 +1,7 @@
 """Two processes on localhost (2 CPU devices each, gloo collectives) against one process with
 4 devices: the same global batches must give the same losses, parameters and queues."""
 
+import json
 import socket
 import subprocess
 
@@ -9,7 +10,7 @@ import torch
 
 from converters.export_torch import export
 
-from test_main import ROOT, arrays, command, env, logged_steps, overrides
+from test_main import ROOT, arrays, command, env, logged_steps, overrides, temporary_files
 
 # Two steps: the second runs on an updated network and a filled queue. Beyond them, a near-tie
 # in the kNN loss's top-k (summation order differs between the runs) can pick another
@@ -42,6 +43,10 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
       p.kill()
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
+  # Process 0 reports (and names the export it wrote after both had finished); process 1 not.
+  assert json.loads(outputs[0][0].strip().splitlines()[-1])['export'].endswith(
+      'resnet18_torchvision.pth')
+  assert '"export"' not in outputs[1][0]
 
   want, got = logged_steps(tmp_path / 'one'), logged_steps(tmp_path / 'two')
   assert [s['step'] for s in got] == [s['step'] for s in want] == list(range(1, STEPS + 1))
@@ -70,3 +75,4 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
   assert sorted(exported) == sorted(reference)
   for key, tensor in reference.items():
     assert torch.equal(exported[key], tensor), key
+  assert temporary_files(tmp_path / 'two') == []
