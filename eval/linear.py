@@ -246,4 +246,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  from revisit_jax import cli  # one-line errors, exit status 2
+  cli.run(main)

@@ -11,9 +11,9 @@ Needs only matplotlib (Agg, no display) and the metrics file: no TensorFlow or t
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from revisit_jax import cli, files
 from revisit_jax.logging_utils import METRICS_FILE
 
 # (panel title, y label, [(metric, legend label)], factor): percentages are stored as fractions.
@@ -105,13 +105,12 @@ def write(workdir, out=None) -> tuple[Path, Path]:
     title += f", epoch {numbers['epoch']['last']:.3g}"
   if 'monitor/knn_top1' in numbers:
     title += f", kNN top-1 {numbers['monitor/knn_top1']['last']:.1f} %"
-  png.parent.mkdir(parents=True, exist_ok=True)
   figure = plot(numbers, title)
-  tmp = png.with_name(png.stem + '.tmp.png')
-  figure.savefig(tmp, dpi=100)
-  os.replace(tmp, png)
+  with files.replaced_atomically(png) as tmp:
+    figure.savefig(tmp, dpi=100, format='png')
   data = png.with_suffix('.json')
-  data.write_text(json.dumps({'workdir': str(workdir), 'title': title, 'metrics': numbers}) + '\n')
+  files.write_text(data, json.dumps({'workdir': str(workdir), 'title': title,
+                                     'metrics': numbers}) + '\n')
   return png, data
 
 
@@ -128,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -25,7 +25,9 @@ from test_converters import original_checkpoint, small_config
 from test_davis import CAR_SHADOW
 from test_main import ROOT, env
 
-EVALS = ('eval.knn', 'eval.voc_svm', 'eval.retrieval', 'eval.segmentation', 'eval.davis')
+EVALS = ('eval.knn', 'eval.voc_svm', 'eval.retrieval', 'eval.segmentation', 'eval.davis',
+         'eval.linear', 'eval.embedding')
+ANY_RESNET = ('eval.linear', 'eval.embedding')  # rebuild the network from its weights
 
 
 class Payload:
@@ -119,12 +121,16 @@ def cases(p):
           'eval.retrieval': ['--data', p['voc12']],
           'eval.segmentation': ['--dataset', 'voc', '--data', p['voc12'],
                                 '--workdir', f'{p["dir"]}/seg'],
-          'eval.davis': ['--data', str(CAR_SHADOW)]}
+          'eval.davis': ['--data', str(CAR_SHADOW)],
+          'eval.linear': ['--data', p['classes'], '--workdir', f'{p["dir"]}/linear'],
+          'eval.embedding': ['--data', p['classes'], '--out', f'{p["dir"]}/map.png']}
   for command in EVALS:
     data_flag = data[command].index('--data') + 1
-    for weights, named in ((p['missing'], p['missing']), (p['empty'], p['empty']),
-                           (p['noise'], p['noise']), (p['evil'], 'weights_only'),
-                           (p['resnet18'], 'not a ResNet-50'), (p['run'], 'not a ResNet-50')):
+    weight_cases = [(p['missing'], p['missing']), (p['empty'], p['empty']),
+                    (p['noise'], p['noise']), (p['evil'], 'weights_only'), (p['odd'], p['odd'])]
+    if command not in ANY_RESNET:
+      weight_cases += [(p['resnet18'], 'not a ResNet-50'), (p['run'], 'not a ResNet-50')]
+    for weights, named in weight_cases:
       found.append(([command, weights] + data[command], named))
     for folder in (p['missing_dir'], p['empty']):
       args = list(data[command])
@@ -132,6 +138,9 @@ def cases(p):
       found.append(([command, p['resnet50']] + args, folder))
   found.append((['eval.knn', p['resnet50'], '--data', p['classes'], '--k', 'twenty'], 'twenty'))
   found.append((['eval.knn', p['resnet50'], '--data', p['texts']], 'train'))
+  report = ['revisit_jax.report']
+  found += [(report + [p['missing_dir']], p['missing_dir']), (report + [p['empty']], p['empty']),
+            (report + [p['run'], '--out', f'{p["dir"]}/curves.jpg'], 'curves.jpg')]
   return found
 
 
@@ -169,7 +178,8 @@ def test_every_command_reports_every_bad_input_in_one_line(bad, tmp_path):
   print(f'\n{len(found)} bad inputs across {len(commands)} commands: one line each')
   assert not problems, '\n\n'.join(problems)
   assert commands == {'revisit_jax.main', 'converters.export_torch', 'converters.import_torch',
-                      'revisit_jax.benchmark', 'input_pipeline.benchmark', *EVALS}
+                      'revisit_jax.benchmark', 'input_pipeline.benchmark', 'revisit_jax.report',
+                      *EVALS}
 
 
 def test_a_fresh_interpreter_with_library_logging_on_prints_one_line(bad, tmp_path):
