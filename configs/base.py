@@ -49,6 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.split = 'train'
   c.data.data_dir = ''               # TFDS data_dir ('' = TFDS default)
   c.data.global_batch = 256
+  c.data.canvas_size = 640           # images travel decoded on a canvas this size (larger: shrunk)
   c.data.bn_groups = 2               # BN groups per device; 2 on one GPU = the paper's 2 x 128
   c.data.workers = 0                 # tf.data parallelism; 0 = AUTOTUNE
   c.data.seed = 0

@@ -32,6 +32,7 @@ def get_config():
   c.optim.epochs = 30
   c.data.source = 'demo'
   c.data.global_batch = 128
+  c.data.canvas_size = 32  # the demo's images are 32 x 32
   c.train.log_every_steps = 5
   c.train.checkpoint_every_steps = 50
   c.monitor.source = 'demo'

@@ -1,4 +1,6 @@
-"""Input throughput: CPU-stage images/s (decode + crops) and on-device augmentation time per batch.
+"""Input throughput of the CPU stage: images/s of decoding, drawing crop boxes and batching
+the decoded images on their canvas (the crops are cut on the accelerator; revisit_jax.benchmark
+measures that side).
 
     python -m input_pipeline.benchmark [--source DIR] [--workers N] [--layout ours|moco]
                                        [--batch 256] [--seconds S] [--parts]
@@ -6,7 +8,8 @@
 Prints one JSON line. Without --source it times copies of the two 427x640 JPEGs that
 scikit-learn ships (china.jpg, flower.jpg). With --workers N, tf.data runs on a private pool
 of N threads with one thread per op, so images/s per worker is images/s per core. --parts
-adds the CPU milliseconds per image of decoding, crop boxes and resizing (one thread).
+adds the CPU milliseconds per image of decoding, drawing the boxes' uniforms and batching
+on the canvas with the boxes (one thread).
 """
 
 import argparse
@@ -15,7 +18,6 @@ import importlib
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -23,11 +25,11 @@ CONFIGS = {'ours': 'configs.ours_800ep', 'moco': 'configs.moco_800ep'}
 
 
 def layout_config(name: str):
-  """(crop groups, constrained, AutoAugment crop ids) of the pretraining config `name`."""
+  """(crop groups, constrained, canvas) of the pretraining config `name`."""
   from input_pipeline.crops import layout_of
 
   config = importlib.import_module(CONFIGS[name]).get_config()
-  return layout_of(config), config.crops.constrained, tuple(config.crops.autoaugment_crops)
+  return layout_of(config), config.crops.constrained, config.data.canvas_size
 
 
 def sample_jpeg_folder(root: str, copies: int = 128) -> str:
@@ -46,57 +48,65 @@ def sample_jpeg_folder(root: str, copies: int = 128) -> str:
 def time_cpu_stage(
   source_dir: str, layout_name: str, batch: int, workers: int | None, seconds: float
 ):
-  """Images per wall second and per CPU second of this process (after a warm-up batch), last batch.
+  """Images per wall second and per CPU second of this process (after a warm-up batch).
 
   Per CPU second is the per-core rate even when other jobs share the cores.
   """
   from input_pipeline import pipeline, sources
 
-  layout, constrained, _ = layout_config(layout_name)
+  layout, constrained, canvas = layout_config(layout_name)
   it = pipeline.TrainIterator(
     sources.folder_source(source_dir),
     layout=layout,
     constrained=constrained,
+    canvas=canvas,
     batch_size=batch,
     seed=0,
     process_index=0,
     process_count=1,
     workers=workers,
   )
-  last = next(it)  # traces the graph and fills the buffers
+  next(it)  # traces the graph and fills the buffers
   images, start, cpu_start = 0, time.perf_counter(), time.process_time()
   while time.perf_counter() - start < seconds:
-    last = next(it)
+    next(it)
     images += batch
   wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
   del it
   gc.collect()  # stops tf.data's background reading before the caller removes the files
-  return images / wall, images / cpu, last
+  return images / wall, images / cpu
 
 
 def time_parts(path: str, layout_name: str, batches: int = 10, batch: int = 32) -> dict:
-  """CPU ms per image of decoding, crop boxes and resizing one image file, on one tf.data thread."""
+  """CPU ms per image of decoding, drawing the box uniforms, and batching on the canvas with
+  the batch's boxes, on one tf.data thread (each stage timed with the ones before it)."""
   from input_pipeline import crops, pipeline, sources
 
   tf = sources.import_tf()
-  layout, constrained, _ = layout_config(layout_name)
+  layout, constrained, canvas = layout_config(layout_name)
   data = tf.io.read_file(path)
 
-  def decode(i):
-    return sources.decode_file_bytes(data), tf.stack([tf.constant(0, tf.int64), i])
+  def place(i):
+    image = crops.fit_canvas(sources.decode_file_bytes(data), canvas)
+    seed = tf.stack([tf.constant(0, tf.int64), i])
+    return {'image': image, 'size': tf.shape(image)[:2],
+            'uniforms': crops.draw_uniforms(seed, layout, constrained)}
 
-  def boxes(i):
-    image, seed = decode(i)
-    return crops.crop_boxes(seed, tf.shape(image)[0], tf.shape(image)[1], layout, constrained)
+  def boxes(b):
+    return {'image': b['image'], 'boxes': crops.all_boxes(
+        b['uniforms'], b['size'][:, 0], b['size'][:, 1], layout, constrained)}
 
-  stages = {
-    'decode': lambda i: decode(i)[0][:1, :1],  # a corner only: no time spent returning it
-    'boxes': boxes,
-    'resize': lambda i: crops.multi_crop(*decode(i), layout, constrained),
+  padded = {'image': [canvas, canvas, 3], 'size': [2],
+            'uniforms': [crops.uniforms_needed(layout, constrained)]}
+  stages = {  # a corner only costs no batching
+    'decode': lambda ds: ds.map(lambda i: sources.decode_file_bytes(data)[:1, :1]).batch(batch),
+    'uniforms': lambda ds: ds.map(lambda i: (lambda p: (p['image'][:1, :1], p['uniforms']))(
+        place(i))).batch(batch),
+    'batch': lambda ds: ds.map(place).padded_batch(batch, padded_shapes=padded).map(boxes),
   }
   out, previous = {}, 0.0
-  for name, fn in stages.items():
-    ds = tf.data.Dataset.range((batches + 1) * batch).map(fn).batch(batch)
+  for name, build in stages.items():
+    ds = build(tf.data.Dataset.range((batches + 1) * batch))
     it = iter(ds.with_options(pipeline.tf_options(1)))
     next(it)  # warm-up
     start = time.process_time()
@@ -105,34 +115,6 @@ def time_parts(path: str, layout_name: str, batches: int = 10, batch: int = 32) 
     total = (time.process_time() - start) / (batches * batch) * 1e3
     out[f'{name}_ms'], previous = round(total - previous, 3), total
   return out
-
-
-def time_augment(batch: dict, layout_name: str, repeats: int = 5):
-  """Median milliseconds of jitted ``augment_crops`` over every crop group of ``batch``."""
-  import jax
-
-  from revisit_jax.augment import augment_crops
-
-  layout, _, autoaugment = layout_config(layout_name)
-  groups, first = [], 0
-  for name, count, _, _ in layout:
-    groups.append((name, tuple(range(first, first + count))))
-    first += count
-
-  @jax.jit
-  def augment(key, crops, image_ids):
-    return [augment_crops(key, crops[name], image_ids, ids, autoaugment) for name, ids in groups]
-
-  crops = {name: jax.device_put(batch[name]) for name, _ in groups}
-  image_ids = jax.device_put(batch['image_id'])
-  key = jax.random.key(0)
-  jax.block_until_ready(augment(key, crops, image_ids))  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(augment(key, crops, image_ids))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times), str(jax.devices()[0].device_kind)
 
 
 def main(argv=None):
@@ -147,16 +129,13 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--seconds', type=float, default=20.0)
   parser.add_argument(
-    '--parts', action='store_true', help='also time decode, boxes and resize per image'
-  )
-  parser.add_argument(
-    '--no-augment', action='store_true', help='skip the on-device augmentation timing'
+    '--parts', action='store_true', help='also time decode, boxes and batching per image'
   )
   args = parser.parse_args(argv)
 
   with tempfile.TemporaryDirectory() as tmp:
     source = args.source or sample_jpeg_folder(tmp)
-    rate, cpu_rate, batch = time_cpu_stage(
+    rate, cpu_rate = time_cpu_stage(
       source, args.layout, args.batch, args.workers, args.seconds
     )
     parts = None
@@ -175,18 +154,7 @@ def main(argv=None):
     'cpu_ms_per_image_parts': parts,
     'cpu_count': os.cpu_count(),
     'load_average_1min': round(os.getloadavg()[0], 2),
-    'augment_ms_per_batch': None,
-    'augment_device': None,
-    'augment_note': None,
   }
-  if args.no_augment:
-    result['augment_note'] = 'skipped (--no-augment)'
-  else:
-    try:
-      ms, kind = time_augment(batch, args.layout)
-      result.update(augment_ms_per_batch=round(ms, 2), augment_device=kind)
-    except ImportError as e:
-      result['augment_note'] = f'revisit_jax.augment unavailable: {e}'
   print(json.dumps(result))
 
 

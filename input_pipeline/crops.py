@@ -1,18 +1,17 @@
-"""Multi-crop sampling and resizing in TensorFlow (graph-compatible, stateless randomness).
+"""Multi-crop boxes in TensorFlow (graph-compatible, stateless randomness), and the canvas.
 
 Crop boxes follow torchvision's ``RandomResizedCrop.get_params``; small crops can be
 constrained to overlap the key crop (crop 1) as in the paper. All randomness comes from a
 per-image stateless seed, so the crops of an image do not depend on tf.data parallelism.
 
-Resizing: the original ran torchvision on PIL images (bilinear, antialiased when
-shrinking). We slice the box and call ``tf.image.resize(..., antialias=True)``, which uses the
-same triangle filter widened by the scale factor. It computes in float32 and rounds once,
-where PIL rounds to uint8 after each of its two separable passes, so ~13 % of the pixels
-differ by one grey level, none by more (tests/test_crops.py). This resize is over half of the
-CPU stage's time. A resize written as two blocked matrix products with PIL's weights took
-~20 % less CPU on the crops alone but gained nothing measurable end to end, and
-``tf.image.crop_and_resize`` is ~2.5x faster but does not antialias, so shrinking a 500 px
-crop to 96 px would alias (BENCHMARKS.md).
+The CPU only decodes and draws boxes: the crops are cut and resized on the accelerator
+(revisit_jax/augment/crop.py, PIL's pixels), from the decoded image placed in the top-left
+corner of a fixed canvas (``data.canvas_size``; zeros elsewhere), so that a batch has one
+shape. COCO's images (longer side at most 640) fit the default 640 canvas as they are, and
+their crops are the original's. A larger image is first shrunk, keeping its aspect ratio,
+until its longer side equals the canvas (``fit_canvas``: antialiased bilinear, rounded once);
+its boxes are then drawn on the shrunk image, so the crops cover the same fractions of the
+scene as the original's, from a slightly softer image.
 
 A layout is a tuple of groups ``(name, count, size, (min_area, max_area))``, e.g.
 ``(('large', 2, 160, (0.2, 1.0)), ('small', 4, 96, (0.05, 0.14)))``. Crops are numbered
@@ -76,89 +75,112 @@ def _pick_first(ok, values):
   return tf.reduce_sum(values * onehot[..., None], axis=-2)
 
 
-def _tries(seed, height, width, shape, scale, ratio, tries):
-  """``tries`` torchvision-style draws for each of ``shape``: boxes float64 [*shape, tries, 4]
-  (top, left, height, width) in whole pixels, whether each fits the image [*shape, tries] and
-  its target area [*shape, tries]."""
-  s_area, s_ratio, s_pos = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  H = tf.cast(height, tf.float64)
-  W = tf.cast(width, tf.float64)
-  shape = tuple(shape) + (tries,)
-  target = H * W * tf.random.stateless_uniform(shape, s_area, scale[0], scale[1], tf.float64)
-  aspect = tf.exp(
-    tf.random.stateless_uniform(shape, s_ratio, math.log(ratio[0]), math.log(ratio[1]), tf.float64)
-  )
+def uniforms_needed(layout, constrained: bool) -> int:
+  """How many U(0, 1) draws the boxes of one image take: 4 per try (area, ratio, top, left)."""
+  total = 0
+  for i, (_, count, _, _) in enumerate(layout):
+    total += 4 * count * (TRIES + (DRAWS if i > 0 and constrained else 0))
+  return total
+
+
+def draw_uniforms(seed, layout, constrained: bool):
+  """float64 [uniforms_needed] of one image, from its stateless seed (the only random op per
+  image: the boxes are then computed for a whole batch at once)."""
+  return tf.random.stateless_uniform([uniforms_needed(layout, constrained)], seed,
+                                     dtype=tf.float64)
+
+
+def _tries(u, height, width, scale, ratio):
+  """torchvision-style draws from uniforms u [..., n, tries, 4] (height, width [...]): boxes
+  float64 [..., n, tries, 4] (top, left, height, width) in whole pixels, whether each fits the
+  image [..., n, tries] and its target area [..., n, tries]."""
+  H = tf.cast(height, tf.float64)[..., None, None]
+  W = tf.cast(width, tf.float64)[..., None, None]
+  target = H * W * (scale[0] + u[..., 0] * (scale[1] - scale[0]))
+  log_ratio = math.log(ratio[0]) + u[..., 1] * (math.log(ratio[1]) - math.log(ratio[0]))
+  aspect = tf.exp(log_ratio)
   w = tf.round(tf.sqrt(target * aspect))  # round half to even, like Python's round
   h = tf.round(tf.sqrt(target / aspect))
   fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)
-  pos = tf.random.stateless_uniform(shape + (2,), s_pos, 0.0, 1.0, tf.float64)
-  top = tf.minimum(tf.floor(pos[..., 0] * (H - h + 1)), H - h)  # torch.randint(0, H - h + 1)
-  left = tf.minimum(tf.floor(pos[..., 1] * (W - w + 1)), W - w)
+  top = tf.minimum(tf.floor(u[..., 2] * (H - h + 1)), H - h)  # torch.randint(0, H - h + 1)
+  left = tf.minimum(tf.floor(u[..., 3] * (W - w + 1)), W - w)
   return tf.stack([top, left, h, w], axis=-1), fits, target
 
 
-def rrc_boxes(seed, height, width, shape, scale, ratio=RATIO):
-  """torchvision ``RandomResizedCrop.get_params`` for a batch ``shape`` of independent draws.
+def rrc_boxes(u, height, width, scale, ratio=RATIO):
+  """torchvision ``RandomResizedCrop.get_params`` for n independent crops from uniforms
+  u [..., n, 10, 4] of images of height, width [...].
 
-  Returns boxes float64 [*shape, 4] as (top, left, height, width) in whole pixels and a bool
-  [*shape] that is True where all 10 tries failed and the centred crop was used.
+  Returns boxes float64 [..., n, 4] as (top, left, height, width) in whole pixels and a bool
+  [..., n] that is True where all 10 tries failed and the centred crop was used.
   """
-  boxes, fits, _ = _tries(seed, height, width, shape, scale, ratio, TRIES)
+  boxes, fits, _ = _tries(u, height, width, scale, ratio)
   drawn = _pick_first(fits, boxes)
-  H = tf.cast(height, tf.float64)
-  W = tf.cast(width, tf.float64)
+  H = tf.cast(height, tf.float64)[..., None]
+  W = tf.cast(width, tf.float64)[..., None]
   in_ratio = W / H
   fw = tf.where(in_ratio > ratio[1], tf.round(H * ratio[1]), W)
   fh = tf.where(in_ratio < ratio[0], tf.round(W / ratio[0]), H)
-  centred = tf.stack([tf.floor((H - fh) / 2), tf.floor((W - fw) / 2), fh, fw])
+  centred = tf.stack([tf.floor((H - fh) / 2), tf.floor((W - fw) / 2), fh, fw], axis=-1)
   found = tf.reduce_any(fits, axis=-1)
+  centred = tf.broadcast_to(centred, tf.shape(drawn))
   return tf.where(found[..., None], drawn, centred), tf.logical_not(found)
 
 
 def _overlap_area(boxes, key):
-  """Intersection area of boxes [..., 4] with one box [4], all (top, left, height, width)."""
+  """Intersection area of boxes [..., n, k, 4] with the key box [..., 4] of their image."""
+  key = key[..., None, None, :]
 
   def extent(start, size):
-    lo = tf.maximum(boxes[..., start], key[start])
-    hi = tf.minimum(boxes[..., start] + boxes[..., size], key[start] + key[size])
+    lo = tf.maximum(boxes[..., start], key[..., start])
+    hi = tf.minimum(boxes[..., start] + boxes[..., size], key[..., start] + key[..., size])
     return tf.maximum(hi - lo, 0.0)
 
   return extent(0, 2) * extent(1, 3)
 
 
-def constrained_boxes(seed, height, width, key_box, count, scale, ratio=RATIO):
-  """``count`` crops, each drawn up to 10 times until it fits the image and >= 10 % of its
-  target area lies in ``key_box``, as the original's ``get_params_conditioned``.
+def constrained_boxes(u_draws, u_free, height, width, key_box, scale, ratio=RATIO):
+  """n crops, each drawn up to 10 times (uniforms u_draws [..., n, 10, 4]) until it fits the
+  image and >= 10 % of its target area lies in ``key_box`` [..., 4], as the original's
+  ``get_params_conditioned``.
 
-  A crop with no such draw gets one unconstrained random-resized crop. Returns boxes
-  [count, 4], the centred-fallback flags [count] and the constraint fallback flags [count].
+  A crop with no such draw gets one unconstrained random-resized crop (uniforms u_free
+  [..., n, 10, 4]). Returns boxes [..., n, 4], the centred-fallback flags [..., n] and the
+  constraint fallback flags [..., n].
   """
-  s_draw, s_free = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  cand, fits, target = _tries(s_draw, height, width, (count,), scale, ratio, DRAWS)
+  cand, fits, target = _tries(u_draws, height, width, scale, ratio)
   ok = fits & (_overlap_area(cand, key_box) >= MIN_COVER * target)
-  free, free_centred = rrc_boxes(s_free, height, width, (count,), scale, ratio)
+  free, free_centred = rrc_boxes(u_free, height, width, scale, ratio)
   found = tf.reduce_any(ok, axis=-1)
-  boxes = tf.where(found[:, None], _pick_first(ok, cand), free)
+  boxes = tf.where(found[..., None], _pick_first(ok, cand), free)
   return boxes, free_centred & tf.logical_not(found), tf.logical_not(found)
 
 
-def crop_boxes(seed, height, width, layout, constrained: bool):
-  """Boxes of each crop group: {name: (int32 [count, 4], centred [count], unconstrained [count])}.
+def crop_boxes(u, height, width, layout, constrained: bool):
+  """Boxes of each crop group from the uniforms u [..., uniforms_needed] of images of height,
+  width [...]: {name: (int32 [..., count, 4], centred [..., count], unconstrained [..., count])}.
 
   ``unconstrained`` is True for a constrained crop that fell back to a free draw (always
   False for the first group and when ``constrained`` is off).
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(layout)))
-  out = {}
-  key_box = None
+  batch = tf.shape(u)[:-1]
+  out, key_box, first = {}, None, 0
+
+  def take(count, tries):
+    nonlocal first
+    part = u[..., first:first + 4 * count * tries]
+    first += 4 * count * tries
+    return tf.reshape(part, tf.concat([batch, [count, tries, 4]], 0))
+
   for i, (name, count, _, scale) in enumerate(layout):
     if i > 0 and constrained:
-      boxes, centred, free = constrained_boxes(seeds[i], height, width, key_box, count, scale)
+      boxes, centred, free = constrained_boxes(take(count, DRAWS), take(count, TRIES), height,
+                                               width, key_box, scale)
     else:
-      boxes, centred = rrc_boxes(seeds[i], height, width, (count,), scale)
-      free = tf.zeros([count], tf.bool)
+      boxes, centred = rrc_boxes(take(count, TRIES), height, width, scale)
+      free = tf.zeros_like(centred)
     if i == 0 and constrained:
-      key_box = boxes[1]
+      key_box = boxes[..., 1, :]
     out[name] = (tf.cast(boxes, tf.int32), centred, free)
   return out
 
@@ -169,20 +191,22 @@ def pil_bilinear(image, size):
   return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
-def resized_crops(image, boxes, size: int):
-  """uint8 [n, size, size, 3]: the crops of uint8 [H, W, 3] resized as PIL's antialiased bilinear.
-
-  ``boxes``: int32 [n, 4] (top, left, height, width) with a static n.
-  """
-  out = []
-  for k in range(boxes.shape[0]):
-    top, left, height, width = tf.unstack(boxes[k])
-    out.append(pil_bilinear(image[top : top + height, left : left + width], (size, size)))
-  return tf.stack(out)
-
-
-def multi_crop(image, seed, layout, constrained: bool):
-  """All crops of one decoded image: {name: uint8 [count, size, size, 3]}."""
+def fit_canvas(image, canvas: int):
+  """uint8 [H, W, 3] as it is if both sides are at most `canvas`, else shrunk (aspect kept,
+  the other side rounded) until the longer side is `canvas`."""
   shape = tf.shape(image)
-  boxes = crop_boxes(seed, shape[0], shape[1], layout, constrained)
-  return {name: resized_crops(image, boxes[name][0], size) for name, _, size, _ in layout}
+  height, width = shape[0], shape[1]
+  longer = tf.maximum(height, width)
+
+  def shrink():
+    scale = canvas / tf.cast(longer, tf.float64)
+    size = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float64) * scale), tf.int32)
+    return pil_bilinear(image, tf.clip_by_value(size, 1, canvas))
+
+  return tf.cond(longer > canvas, shrink, lambda: image)
+
+
+def all_boxes(u, height, width, layout, constrained: bool):
+  """int32 [..., crops, 4] (top, left, height, width): every crop's box, in crop-id order."""
+  boxes = crop_boxes(u, height, width, layout, constrained)
+  return tf.concat([boxes[name][0] for name, *_ in layout], axis=-2)

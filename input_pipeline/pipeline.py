@@ -89,8 +89,9 @@ def note_skipped(positions: np.ndarray, expected: int, describe, skipped: list) 
 class TrainIterator:
   """Endless per-process training batches, starting at a given (epoch, batch) position.
 
-  Yields {group name: uint8 [b, count, size, size, 3] for each crop group,
-  'image_id': int64 [b]}. ``position`` is the (epoch, batch index) of the next batch:
+  Yields {'image': uint8 [b, canvas, canvas, 3] (each decoded image in the top-left corner,
+  zeros elsewhere; see crops.fit_canvas), 'boxes': int32 [b, crops, 4] (top, left, height,
+  width of every crop, crop-id order), 'image_id': int64 [b]}. ``position`` is the (epoch, batch index) of the next batch:
   store it with a checkpoint and pass it back as ``start`` to resume. ``skipped`` names the
   unreadable images met so far. One tf.data pipeline runs over all epochs (flat_map over
   the epoch number), so nothing is traced again at an epoch boundary.
@@ -102,6 +103,7 @@ class TrainIterator:
     *,
     layout,
     constrained: bool,
+    canvas: int,
     batch_size: int,
     seed: int,
     start: tuple[int, int] = (0, 0),
@@ -114,7 +116,10 @@ class TrainIterator:
       import jax
 
       process_index, process_count = jax.process_index(), jax.process_count()
+    if canvas < 1:
+      raise ValueError(f'canvas {canvas} must be >= 1 pixel')
     self.source, self.layout, self.constrained = source, tuple(layout), constrained
+    self.canvas = canvas
     self.batch_size, self.seed, self.workers = batch_size, seed, workers
     self.process_index, self.process_count = process_index, process_count
     self.steps = steps_per_epoch(len(source), batch_size, process_count)
@@ -200,7 +205,10 @@ class TrainIterator:
     tf = sources.import_tf()
     b, steps, seed = self.batch_size, self.steps, self.seed
     parallel = self.workers or tf.data.AUTOTUNE
-    source, layout, constrained = self.source, self.layout, self.constrained
+    source, layout, constrained, canvas = self.source, self.layout, self.constrained, self.canvas
+    padded = {'image': [canvas, canvas, 3], 'size': [2],
+              'uniforms': [crops.uniforms_needed(layout, constrained)], 'image_id': [],
+              '_position': [], '_epoch': []}
 
     def epoch_batches(epoch):
       first = tf.where(epoch == start_epoch, tf.constant(start_batch, tf.int64), 0)
@@ -210,16 +218,25 @@ class TrainIterator:
         image_id, payload, _ = element
         return position, image_id, source.decode(payload)
 
-      def crop(position, image_id, image):
+      def place(position, image_id, image):
+        image = crops.fit_canvas(image, canvas)
         crop_seed = tf.random.experimental.stateless_fold_in(epoch_seed, image_id)
-        out = crops.multi_crop(image, crop_seed, layout, constrained)
-        return {**out, 'image_id': image_id, '_position': position, '_epoch': epoch}
+        return {'image': image, 'size': tf.shape(image)[:2],
+                'uniforms': crops.draw_uniforms(crop_seed, layout, constrained),
+                'image_id': image_id, '_position': position, '_epoch': epoch}
 
-      # Only decoding errors are dropped: an error in the crops is a bug and must surface.
+      def boxes(batch):
+        size = batch.pop('size')
+        batch['boxes'] = crops.all_boxes(batch.pop('uniforms'), size[:, 0], size[:, 1], layout,
+                                         constrained)
+        return batch
+
+      # Only decoding errors are dropped: an error in the boxes is a bug and must surface.
       ds = self._elements(epoch).skip(first * b).enumerate(first * b)
       ds = ds.map(decode, num_parallel_calls=parallel).ignore_errors()
-      ds = ds.map(crop, num_parallel_calls=parallel)
-      return ds.batch(b, drop_remainder=True).take(steps - first)
+      ds = ds.map(place, num_parallel_calls=parallel)
+      ds = ds.padded_batch(b, padded_shapes=padded, drop_remainder=True).map(boxes)
+      return ds.take(steps - first)
 
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_batches)
     return ds.prefetch(2).with_options(tf_options(self.workers))

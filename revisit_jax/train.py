@@ -315,6 +315,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   step = int(state.step)
   iterator = pipeline.create_train_iterator(
       source, layout=crops.layout_of(config), constrained=config.crops.constrained,
+      canvas=config.data.canvas_size,
       batch_size=local_batch, seed=config.data.seed,
       start=divmod(step, steps_per_epoch), workers=config.data.workers or None)
   batches = as_device_batches(iterator, mesh)

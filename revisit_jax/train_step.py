@@ -3,8 +3,9 @@
 Per step: EMA of the key encoder, keys with shuffle BN, the loss of all queries against
 the split queues, the gradient (taken outside `shard_map`, so the replicated parameters
 get the global mean gradient, as DDP's all-reduce), SGD, then the enqueue.
-Batch: {'large': uint8 [B, 2, S, S, 3], 'small': uint8 [B, n_small, s, s, 3] (only when
-n_small > 0), 'image_id': int32 [B]}, split along B over the mesh.
+Batch: {'image': uint8 [B, C, C, 3] (decoded images on a canvas of config.data.canvas_size),
+'boxes': int32 [B, 2 + n_small, 4] (each crop's box), 'image_id': int32 [B]}, split along B
+over the mesh. Each device cuts and augments the crops of its own images.
 """
 
 import jax
@@ -14,7 +15,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from revisit_jax import method, queues
-from revisit_jax.augment import augment_crops
+from revisit_jax.augment import augment_crops, cut_crops, flips_of, normalize
 from revisit_jax.models.resnet import STAGE_SIZES
 from revisit_jax.sharding import AXIS
 from revisit_jax.train_state import SCHEDULES, TrainState, make_optimizer, make_schedule
@@ -27,8 +28,9 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Raise a ValueError naming the config field before anything is compiled."""
   m, crops, batch = config.method, config.crops, config.data.global_batch
   devices, groups = mesh.devices.size, config.data.bn_groups
-  for field in ('data.global_batch', 'data.bn_groups', 'model.width', 'model.head_hidden_dim',
-                'model.embed_dim', 'crops.large_size', 'crops.small_size', 'method.queue_size'):
+  for field in ('data.global_batch', 'data.bn_groups', 'data.canvas_size', 'model.width',
+                'model.head_hidden_dim', 'model.embed_dim', 'crops.large_size',
+                'crops.small_size', 'method.queue_size'):
     value = config[field]
     if not (isinstance(value, int) and value >= 1):
       raise ValueError(f'config.{field}={value!r}: expected an int >= 1')
@@ -95,12 +97,16 @@ def bn_group_note(config: ml_collections.ConfigDict, devices: int) -> str:
           f'config.data.bn_groups={groups})), not the paper\'s {PAPER_BN_GROUP}: {fix}')
 
 
+def num_crops(config) -> int:
+  """Crops per image: the large query and key, then the small queries."""
+  return 2 + config.crops.num_small
+
+
 def check_batch(config, batch) -> None:
   """Shapes of the batch against the config (at trace time, before compiling)."""
-  b, large, small = config.data.global_batch, config.crops.large_size, config.crops.small_size
-  expected = {'large': (b, 2, large, large, 3), 'image_id': (b,)}
-  if config.crops.num_small:
-    expected['small'] = (b, config.crops.num_small, small, small, 3)
+  b, canvas = config.data.global_batch, config.data.canvas_size
+  expected = {'image': (b, canvas, canvas, 3), 'boxes': (b, num_crops(config), 4),
+              'image_id': (b,)}
   if set(batch) != set(expected):
     raise ValueError(f'batch keys {sorted(batch)}: expected {sorted(expected)}')
   for name, shape in expected.items():
@@ -108,47 +114,83 @@ def check_batch(config, batch) -> None:
       raise ValueError(f"batch['{name}'] has shape {tuple(batch[name].shape)}: expected {shape}")
 
 
+def crop_groups(config) -> tuple:
+  """(crop ids, size) of each group of crops: the large query and key, then the small ones."""
+  groups = (((0, 1), config.crops.large_size),)
+  if config.crops.num_small:
+    groups += ((tuple(range(2, num_crops(config))), config.crops.small_size),)
+  return groups
+
+
+def crop_ops(config: ml_collections.ConfigDict, augment: bool = True):
+  """(cut, prepare): cut(key, images, boxes, image_ids, crop_ids, size) -> uint8 crops
+  [b, len(crop_ids), size, size, 3]; prepare(key, crops, image_ids, crop_ids) -> encoder
+  input. Both run on any shard of the batch (their randomness is keyed by image and crop).
+  With augment=False crops are cut unflipped and only normalised."""
+  dtype = jnp.dtype(config.model.dtype)
+  autoaugment = tuple(config.crops.autoaugment_crops)
+
+  def cut(key, images, boxes, image_ids, crop_ids, size):
+    boxes = boxes[:, crop_ids[0]:crop_ids[-1] + 1]
+    flips = (flips_of(key, image_ids, crop_ids, autoaugment) if augment else
+             jnp.zeros(boxes.shape[:2], bool))
+    return cut_crops(images, boxes, size, flips)
+
+  def prepare(key, crops, image_ids, crop_ids):
+    if not augment:
+      return normalize(crops.astype(jnp.float32) / 255.0).astype(dtype)
+    return augment_crops(key, crops, image_ids, crop_ids, autoaugment, num_crops(config), dtype)
+
+  return cut, prepare
+
+
+def input_side(config: ml_collections.ConfigDict, key, batch) -> list:
+  """Every crop group cut and augmented, as the step does it (for cost measurements)."""
+  cut, prepare = crop_ops(config)
+  ids = batch['image_id']
+  return [prepare(key, cut(key, batch['image'], batch['boxes'], ids, crop_ids, size), ids,
+                  crop_ids) for crop_ids, size in crop_groups(config)]
+
+
 def make_gradients(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
   """The step up to the optimizer: (state, batch) -> (grads, aux).
 
   aux: 'metrics', 'batch_stats' (query encoder, after both passes), 'key_params',
   'key_batch_stats', 'keys' and 'keys_h' (this step's keys, split like the batch), 'rng'.
-  With augment=False the crops go in as they are (cast to the compute dtype).
+  With augment=False the crops are cut unflipped and only normalised.
   """
   check_config(config, mesh)
   model = method.build_encoder(config)
-  dtype = jnp.dtype(config.model.dtype)
-  m = config.method
-  small_ids = tuple(range(2, 2 + config.crops.num_small))
+  m, c = config.method, config.crops
+  small_ids = tuple(range(2, num_crops(config)))
   schedule = make_schedule(config, steps_per_epoch)
-
-  def prepare(key, crops, image_ids, crop_ids):
-    """uint8 crops [b, C, ...] -> encoder input."""
-    if not augment:
-      return crops.astype(dtype)
-    return augment_crops(key, crops, image_ids, crop_ids,
-                         tuple(config.crops.autoaugment_crops), dtype)
+  cut, prepare = crop_ops(config, augment)
 
   def pmean_floats(tree):
     """Average BN statistics over devices so the replicated copy stays replicated."""
     return jax.tree.map(
         lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
-  def keys(params, batch_stats, large, image_id, permutation, key):
-    prep = lambda crops, ids: prepare(key, crops[:, None], ids, (1,))[:, 0]
+  def keys(params, batch_stats, images, boxes, image_id, permutation, key):
+    crops = cut(key, images, boxes, image_id, (1,), c.large_size)[:, 0]
+    prep = lambda crops, ids: prepare(key, crops[:, None], ids, (1,))[:, 0]  # noqa: E731
     k, h, batch_stats = method.shuffled_keys(
-        model, params, batch_stats, large[:, 1], image_id, permutation, prep)
+        model, params, batch_stats, crops, image_id, permutation, prep)
     return k, h, pmean_floats(batch_stats)
 
-  def loss(params, batch_stats, large, small, image_id, k, queue, queue_h, key, knn_weight):
-    query = prepare(key, large[:, :1], image_id, (0,))[:, 0]
-    small = None if small is None else prepare(key, small, image_id, small_ids)
+  def loss(params, batch_stats, images, boxes, image_id, k, queue, queue_h, key, knn_weight):
+    query = cut(key, images, boxes, image_id, (0,), c.large_size)
+    query = prepare(key, query, image_id, (0,))[:, 0]
+    small = None
+    if small_ids:
+      small = cut(key, images, boxes, image_id, small_ids, c.small_size)
+      small = prepare(key, small, image_id, small_ids)
     z, h, batch_stats = method.query_features(model, params, batch_stats, query, small)
     terms = method.losses(z, k, h, queue, queue_h, m.temperature, m.knn_topk, knn_weight)
     return terms['loss'], (terms, pmean_floats(batch_stats))
 
   data, rep = P(AXIS), P()
-  keys = jax.shard_map(keys, mesh=mesh, in_specs=(rep, rep, data, data, rep, rep),
+  keys = jax.shard_map(keys, mesh=mesh, in_specs=(rep, rep, data, data, data, rep, rep),
                        out_specs=(data, data, rep))
   loss = jax.shard_map(
       loss, mesh=mesh,
@@ -160,13 +202,13 @@ def make_gradients(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int
     rng, permutation_key, augment_key = jax.random.split(state.rng, 3)
     permutation = jax.random.permutation(permutation_key, config.data.global_batch)
     key_params = method.ema(state.key_params, state.params, m.key_momentum)
-    k, k_h, key_batch_stats = keys(key_params, state.key_batch_stats, batch['large'],
-                                   batch['image_id'], permutation, augment_key)
+    k, k_h, key_batch_stats = keys(key_params, state.key_batch_stats, batch['image'],
+                                   batch['boxes'], batch['image_id'], permutation, augment_key)
     epoch = state.step // steps_per_epoch
     knn_weight = jnp.where(epoch >= m.knn_warmup_epochs, m.knn_weight, 0.0)
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(
-        state.params, state.batch_stats, batch['large'], batch.get('small'),
-        batch['image_id'], k, state.queue, state.queue_h, augment_key, knn_weight)
+        state.params, state.batch_stats, batch['image'], batch['boxes'], batch['image_id'], k,
+        state.queue, state.queue_h, augment_key, knn_weight)
     metrics = {**terms, 'lr': schedule(state.step)}
     return grads, {'metrics': metrics, 'batch_stats': batch_stats, 'key_params': key_params,
                    'key_batch_stats': key_batch_stats, 'keys': k, 'keys_h': k_h, 'rng': rng}

@@ -18,12 +18,14 @@ from configs.base import get_base_config
 from revisit_jax.sharding import batch_sharding, make_mesh
 from revisit_jax.train_state import create_train_state, state_shardings
 from revisit_jax.train_step import make_train_step
+from step_batches import canvas_size, tiled_batch
 
 
 def tiny_config(bn_groups):
   c = get_base_config()
   c.model.arch, c.model.width, c.model.head_hidden_dim, c.model.dtype = 'resnet18', 8, 32, 'float32'
   c.crops.large_size, c.crops.small_size = 64, 32
+  c.data.canvas_size = canvas_size(64, 32, c.crops.num_small)
   c.method.queue_size, c.method.knn_topk = 64, 4
   c.data.global_batch, c.data.bn_groups = 16, bn_groups
   c.optim.weight_decay = 0.0
@@ -37,9 +39,8 @@ def flat(prefix, tree):
 
 def main(out, layouts):
   rng = np.random.default_rng(0)
-  batch = {'large': rng.normal(size=(16, 2, 64, 64, 3)).astype(np.float32),
-           'small': rng.normal(size=(16, 4, 32, 32, 3)).astype(np.float32),
-           'image_id': np.arange(16, dtype=np.int32)}
+  batch = tiled_batch(rng.integers(0, 256, (16, 2, 64, 64, 3), np.uint8),
+                      rng.integers(0, 256, (16, 4, 32, 32, 3), np.uint8))
   one = make_mesh(jax.devices()[:1])
   host_state = jax.device_get(create_train_state(tiny_config(1), one, jax.random.key(0)))
   results = {'initial/queue': host_state.queue, 'initial/queue_h': host_state.queue_h}

@@ -17,7 +17,8 @@ from torchvision.transforms import autoaugment as tv_autoaugment
 
 from revisit_jax.augment import autoaugment as aa
 from revisit_jax.augment import blur, color
-from revisit_jax.augment.pipeline import augment_crops, moco_v2_crop
+from revisit_jax.augment.crop import cut_crops
+from revisit_jax.augment.pipeline import augment_crops, flips_of, moco_v2_crop
 
 LUMA_TOL = 1.1e-4  # our luma uses 0.299 for red (PIL, ITU-R 601), torchvision 0.2989
 
@@ -290,7 +291,8 @@ def test_policy_steps_probabilities_and_signs(flower):
 
 # ---- augment_crops ----
 
-CROP_IDS, AA_CROPS = (0, 1), (0,)
+CROP_IDS, AA_CROPS, NUM_CROPS = (0, 1), (0,), 2
+BOX_OF_32 = (0, 0, 32, 32)  # the whole 32 x 32 crop: cutting it only mirrors it
 
 
 @pytest.fixture(scope='module')
@@ -302,7 +304,9 @@ def batch():
 
 @pytest.fixture(scope='module')
 def augment():
-  return jax.jit(augment_crops, static_argnums=(3, 4))
+  fn = jax.jit(augment_crops, static_argnums=(3, 4, 5))
+  return lambda key, crops, ids, crop_ids, aa_crops: fn(key, crops, ids, crop_ids, aa_crops,
+                                                        NUM_CROPS)
 
 
 def test_augment_crops_shape_dtype_deterministic(batch, augment):
@@ -336,20 +340,24 @@ def test_augment_crops_independent_of_order_and_batch_mates(batch, augment):
 
 
 def test_augment_crops_key_per_image_and_crop(batch, augment):
-  """The key of (image, crop) is fold_in(fold_in(key, image_id), crop_id)."""
+  """The key of (image, crop) is fold_in(fold_in(key, image_id), crop_id): a crop cut with
+  its drawn flip and augmented is the whole MoCo v2 chain under that key."""
   crops, ids = batch
   key = jax.random.PRNGKey(6)
-  out = augment(key, crops, ids, CROP_IDS, AA_CROPS)
+  whole = jnp.asarray(BOX_OF_32)[None, None].repeat(8, 0).repeat(2, 1)
+  cut = cut_crops(crops[:, 1], whole, 32, flips_of(key, ids, CROP_IDS, AA_CROPS))
+  out = augment(key, cut, ids, CROP_IDS, AA_CROPS)
+  assert bool(flips_of(key, ids, CROP_IDS, AA_CROPS)[:, 1].any())  # the flip is exercised
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), 1))(ids)
-  expected = jax.jit(jax.vmap(moco_v2_crop))(keys, crops[:, 1]).astype(jnp.bfloat16)
-  np.testing.assert_array_equal(out[:, 1], expected)
+  expected = jax.jit(jax.vmap(moco_v2_crop))(keys, crops[:, 1])
+  np.testing.assert_allclose(np.asarray(out[:, 1], np.float32), expected, atol=0.02)
 
 
 def test_augment_crops_inside_shard_map(batch, augment):
   """On the local shard of a device mesh (one CPU device here): the same results."""
   crops, ids = batch
   mesh = Mesh(np.array(jax.devices()), ('data',))
-  fn = jax.jit(jax.shard_map(lambda k, c, i: augment_crops(k, c, i, (0,), AA_CROPS),
+  fn = jax.jit(jax.shard_map(lambda k, c, i: augment_crops(k, c, i, (0,), AA_CROPS, NUM_CROPS),
                              mesh=mesh, in_specs=(P(), P('data'), P('data')),
                              out_specs=P('data')))
   key = jax.random.PRNGKey(7)
@@ -394,13 +402,13 @@ def test_moco_chain_flip_and_jitter_rates():
 @pytest.mark.parametrize('args, match', [
     (dict(crops=jnp.zeros((2, 2, 8, 8, 3), jnp.float32)), 'uint8'),
     (dict(crop_ids=(0,)), 'crop_ids'),
-    (dict(crop_ids=(0, 6)), r'crop_ids has \[6\]'),
+    (dict(crop_ids=(0, 2)), r'crop_ids has \[2\]'),
     (dict(autoaugment_crops=(-1,)), r'autoaugment_crops has \[-1\]'),
     (dict(image_ids=jnp.arange(3)), 'image_ids shape'),
 ])
 def test_augment_crops_bad_input(args, match):
   kwargs = dict(key=jax.random.PRNGKey(0), crops=jnp.zeros((2, 2, 8, 8, 3), jnp.uint8),
-                image_ids=jnp.arange(2), crop_ids=(0, 1), autoaugment_crops=())
+                image_ids=jnp.arange(2), crop_ids=(0, 1), autoaugment_crops=(), num_crop_ids=2)
   kwargs.update(args)
   with pytest.raises(ValueError, match=match):
     augment_crops(**kwargs)

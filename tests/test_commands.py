@@ -73,7 +73,7 @@ def cases(p):
   imp = ['converters.import_torch']
   into = ['--out', f'{p["dir"]}/imported', '--config', p['config']]
   bench = ['revisit_jax.benchmark', '--config', 'configs/demo.py']
-  inputs = ['input_pipeline.benchmark', '--seconds', '1', '--no-augment']
+  inputs = ['input_pipeline.benchmark', '--seconds', '1']
   found = [
       (['revisit_jax.main', '--config', f'{p["dir"]}/nope.py', '--workdir', f'{p["dir"]}/wd'],
        'nope.py'),

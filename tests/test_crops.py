@@ -1,12 +1,11 @@
-"""Crop sampling and resizing against torchvision (get_params; resized_crop on PIL images and on tensors)."""
+"""Crop box sampling against torchvision (RandomResizedCrop.get_params) and the original's
+constrained rule. The crops themselves are cut on the device: tests/test_device_crops.py."""
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 import torchvision.transforms as T
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 # isort: split
 import tensorflow as tf  # after torchvision: the other order segfaults (triton import)
@@ -17,17 +16,16 @@ OURS = (('large', 2, 160, (0.2, 1.0)), ('small', 4, 96, (0.05, 0.14)))
 H, W = 427, 640
 
 
-def _seeds(n):
-  return tf.random.experimental.stateless_split(tf.constant([0, 7], tf.int64), n)
+def _uniforms(seed, *shape):
+  """U(0, 1) float64 draws of the given shape (a stateless seed per test)."""
+  return tf.random.stateless_uniform(shape, tf.constant([seed, 7], tf.int64), dtype=tf.float64)
 
 
 def _all_boxes(layout, constrained, n=10_000, height=H, width=W):
-  fn = tf.function(
-    lambda s: tf.vectorized_map(
-      lambda x: crops.crop_boxes(x, height, width, layout, constrained), s
-    )
-  )
-  return {k: tuple(np.asarray(v) for v in vals) for k, vals in fn(_seeds(n)).items()}
+  """The boxes of n images at once, as the input pipeline computes them for a batch."""
+  u = _uniforms(0, n, crops.uniforms_needed(layout, constrained))
+  boxes = crops.crop_boxes(u, tf.fill([n], height), tf.fill([n], width), layout, constrained)
+  return {k: tuple(np.asarray(v) for v in vals) for k, vals in boxes.items()}
 
 
 def _assert_valid_rrc(boxes, scale, height=H, width=W):
@@ -97,9 +95,10 @@ def test_constrained_draws_follow_the_rule_for_a_fixed_key_crop():
   key = tf.constant([250.0, 400.0, 120.0, 160.0], tf.float64)  # a small key crop near a corner
   boxes, _, unconstrained = (
     np.asarray(x)
-    for x in crops.constrained_boxes(tf.constant([8, 9], tf.int64), H, W, key, n, (0.05, 0.14))
+    for x in crops.constrained_boxes(_uniforms(8, n, crops.DRAWS, 4),
+                                     _uniforms(9, n, crops.TRIES, 4), H, W, key, (0.05, 0.14))
   )
-  draws, _ = crops.rrc_boxes(tf.constant([10, 11], tf.int64), H, W, (n,), (0.05, 0.14))
+  draws, _ = crops.rrc_boxes(_uniforms(10, n, crops.TRIES, 4), H, W, (0.05, 0.14))
   key = np.asarray(key)[None]
   cover, draw_cover = _cover(boxes[None], key)[0], _cover(np.asarray(draws)[None], key)[0]
   p = (draw_cover >= 0.1).mean()
@@ -137,7 +136,8 @@ def test_constrained_crops_match_the_original_on_an_elongated_image():
   boxes, _, fell_back = (
     np.asarray(x)
     for x in crops.constrained_boxes(
-      tf.constant([3, 4], tf.int64), height, width, tf.constant(key, tf.float64), n, scale
+      _uniforms(3, n, crops.DRAWS, 4), _uniforms(4, n, crops.TRIES, 4), height, width,
+      tf.constant(key, tf.float64), scale
     )
   )
   areas, their_fallback = _original_conditioned(np.random.default_rng(0), key, n, scale,
@@ -166,7 +166,7 @@ def test_rrc_distribution_matches_torchvision(scale, height, width):
   ref = _torch_boxes(n, scale, height, width)
   ours, centred = (
     np.asarray(x)
-    for x in crops.rrc_boxes(tf.constant([3, 4], tf.int64), height, width, (n,), scale)
+    for x in crops.rrc_boxes(_uniforms(3, n, crops.TRIES, 4), height, width, scale)
   )
 
   def stats(b):
@@ -206,90 +206,9 @@ def _centred_box(height, width):
 @pytest.mark.parametrize('height,width', [(10, 1000), (1000, 10), (7, 500)])
 def test_centred_fallback_equals_torchvision(height, width):
   ref = _torch_boxes(1, (0.2, 1.0), height, width)[0]
-  boxes, centred = crops.rrc_boxes(tf.constant([1, 2], tf.int64), height, width, (3,), (0.2, 1.0))
+  boxes, centred = crops.rrc_boxes(_uniforms(1, 3, crops.TRIES, 4), height, width, (0.2, 1.0))
   assert np.asarray(centred).all()
   np.testing.assert_array_equal(np.asarray(boxes), np.tile(ref, (3, 1)))
-
-
-def _test_image(height=48, width=64):
-  """A smooth gradient with texture and noise: edges and flat parts both appear."""
-  rng = np.random.default_rng(0)
-  y, x = np.mgrid[0:height, 0:width]
-  base = np.stack(
-    [x * 255 / width, y * 255 / height, 128 + 100 * np.sin(x / 3.0) * np.cos(y / 5.0)], -1
-  )
-  return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-
-
-# One group per size: crops of different sizes, some at the image edges, one of a single pixel.
-GROUPS = [
-  (((3, 5, 40, 50), (0, 50, 30, 14), (10, 0, 21, 33)), 16),
-  (((2, 4, 10, 12), (40, 60, 8, 4)), 32),
-  (((0, 0, 48, 64),), 48),
-  (((5, 7, 33, 21), (1, 43, 47, 21), (0, 0, 1, 1)), 20),
-]
-
-
-@pytest.mark.parametrize('boxes,size', GROUPS)
-def test_resized_crops_close_to_torchvision_pil(boxes, size):
-  img = _test_image()
-  ours = crops.resized_crops(tf.constant(img), tf.constant(boxes, tf.int32), size).numpy()
-  assert ours.dtype == np.uint8 and ours.shape == (len(boxes), size, size, 3)
-  for k, box in enumerate(boxes):
-    ref = np.asarray(
-      TF.resized_crop(
-        Image.fromarray(img),
-        *box,
-        [size, size],
-        interpolation=T.InterpolationMode.BILINEAR,
-        antialias=True,
-      )
-    )
-    diff = np.abs(ours[k].astype(int) - ref.astype(int))
-    # PIL rounds to uint8 between its two separable passes, we round once: 1 grey level at most.
-    assert diff.max() <= 1 and diff.mean() < 0.3, (box, diff.max(), diff.mean())
-
-
-@pytest.mark.parametrize('boxes,size', GROUPS)
-def test_resized_crops_equal_torchvision_float_antialias(boxes, size):
-  """torchvision's tensor resize uses PIL's filter in float with one rounding, like ours: they
-  differ only where the float64 value is a rounding tie (x.5) up to float32 error."""
-  img = _test_image()
-  ours = crops.resized_crops(tf.constant(img), tf.constant(boxes, tf.int32), size).numpy()
-  chw = torch.from_numpy(img).permute(2, 0, 1).double()
-  for k, box in enumerate(boxes):
-    ref = TF.resized_crop(chw, *box, [size, size], antialias=True)
-    ref = ref.clamp(0, 255).permute(1, 2, 0).numpy()
-    diff = np.abs(ours[k] - ref)
-    near_tie = np.abs(np.abs(ref - np.round(ref)) - 0.5) < 1e-3
-    assert diff.max() <= 0.5 + 1e-3, (box, diff.max())
-    assert (diff[~near_tie] < 0.5).all(), box
-
-
-def test_multi_crop_shapes_determinism_and_content():
-  img = tf.constant(_test_image())
-  seed = tf.constant([5, 6], tf.int64)
-  a = crops.multi_crop(img, seed, OURS, True)
-  b = crops.multi_crop(img, seed, OURS, True)
-  c = crops.multi_crop(img, tf.constant([5, 7], tf.int64), OURS, True)
-  assert a['large'].shape == (2, 160, 160, 3) and a['small'].shape == (4, 96, 96, 3)
-  assert a['large'].dtype == tf.uint8
-  for k in a:
-    np.testing.assert_array_equal(a[k].numpy(), b[k].numpy())
-    assert not np.array_equal(a[k].numpy(), c[k].numpy())
-  # Each crop is torchvision's resized_crop of its box.
-  boxes = crops.crop_boxes(seed, 48, 64, OURS, True)
-  top, left, h, w = boxes['small'][0][2].numpy()
-  ref = np.asarray(
-    TF.resized_crop(Image.fromarray(_test_image()), top, left, h, w, [96, 96], antialias=True)
-  )
-  assert np.abs(a['small'][2].numpy().astype(int) - ref).max() <= 1
-
-
-def test_tiny_image_gives_full_size_crops():
-  img = tf.constant(_test_image(10, 10))
-  out = crops.multi_crop(img, tf.constant([0, 1], tf.int64), OURS, True)
-  assert out['large'].shape == (2, 160, 160, 3) and out['small'].shape == (4, 96, 96, 3)
 
 
 @pytest.mark.parametrize(

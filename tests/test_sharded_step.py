@@ -20,6 +20,7 @@ from revisit_jax import method, queues
 from revisit_jax.sharding import AXIS, make_mesh
 from revisit_jax.train_state import create_train_state
 from revisit_jax.train_step import check_batch, make_gradients, make_train_step
+from step_batches import canvas_size, tiled_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = ('1x8', '2x4', '4x2', '8x1', '1x2', '2x1')  # devices x BN groups per device
@@ -112,6 +113,7 @@ def small_config():
   c = get_base_config()
   c.model.arch, c.model.width = 'resnet18', 8
   c.crops.large_size, c.crops.small_size = 32, 16
+  c.data.canvas_size = canvas_size(32, 16, c.crops.num_small)
   c.method.queue_size, c.method.knn_topk = 64, 4
   c.data.global_batch, c.data.bn_groups = 16, 2
   return c
@@ -137,12 +139,12 @@ def test_config_errors_come_before_compiling(field, value, message):
 
 def test_batch_shapes_are_checked():
   c = small_config()
-  batch = {'large': np.zeros((16, 2, 32, 32, 3), np.uint8),
-           'small': np.zeros((16, 4, 24, 24, 3), np.uint8),
+  batch = {'image': np.zeros((16, 128, 128, 3), np.uint8),
+           'boxes': np.zeros((16, 5, 4), np.int32),
            'image_id': np.zeros(16, np.int32)}
-  with pytest.raises(ValueError, match=re.escape("batch['small'] has shape (16, 4, 24, 24, 3)")):
+  with pytest.raises(ValueError, match=re.escape("batch['boxes'] has shape (16, 5, 4)")):
     check_batch(c, batch)
-  del batch['small']
+  del batch['boxes']
   with pytest.raises(ValueError, match='batch keys'):
     check_batch(c, batch)
 
@@ -178,9 +180,8 @@ def test_knn_loss_is_off_during_warmup_epochs_and_on_after():
   gradients = jax.jit(make_gradients(c, mesh, steps_per_epoch=3, augment=False))
   state = create_train_state(c, mesh, jax.random.key(0))
   rng = np.random.default_rng(0)
-  batch = {'large': rng.integers(0, 256, (16, 2, 32, 32, 3), np.uint8),
-           'small': rng.integers(0, 256, (16, 4, 16, 16, 3), np.uint8),
-           'image_id': np.arange(16, dtype=np.int32)}
+  batch = tiled_batch(rng.integers(0, 256, (16, 2, 32, 32, 3), np.uint8),
+                      rng.integers(0, 256, (16, 4, 16, 16, 3), np.uint8))
   for step, weight in ((5, 0.0), (6, c.method.knn_weight)):  # epoch 1: warm-up; epoch 2: on
     m = gradients(state.replace(step=jnp.int32(step)), batch)[1]['metrics']
     assert float(m['knn']) > 0

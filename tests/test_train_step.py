@@ -19,6 +19,8 @@ from revisit_jax import method
 from revisit_jax.sharding import make_mesh
 from revisit_jax.train_state import create_train_state
 from revisit_jax.train_step import make_train_step
+from revisit_jax.augment import normalize
+from step_batches import canvas_size, tiled_batch
 from test_losses import TOPK, T, WEIGHT, reference
 
 B, STEPS_PER_EPOCH, EPOCHS, STEP = 16, 3, 4, 4  # step 4 is in epoch 1
@@ -28,6 +30,7 @@ def tiny_config():
   c = get_base_config()
   c.model.arch, c.model.width, c.model.head_hidden_dim, c.model.dtype = 'resnet18', 8, 32, 'float32'
   c.crops.large_size, c.crops.small_size = 32, 16
+  c.data.canvas_size = canvas_size(32, 16, c.crops.num_small)
   c.method.queue_size, c.method.knn_topk = 64, TOPK
   c.method.temperature, c.method.knn_weight = T, WEIGHT
   c.data.global_batch, c.data.bn_groups = B, 1
@@ -58,11 +61,14 @@ def test_one_step_equals_the_step_rebuilt_by_hand():
                         opt_state=optax.tree_utils.tree_set(state.opt_state, count=jnp.int32(STEP)))
   old = jax.device_get(state.replace(rng=jnp.zeros(())))  # the key is not needed below
   rng = np.random.default_rng(0)
-  batch = {'large': rng.normal(size=(B, 2, 32, 32, 3)).astype(np.float32),
-           'small': rng.normal(size=(B, 4, 16, 16, 3)).astype(np.float32),
-           'image_id': np.arange(B, dtype=np.int32)}
+  # Pixels 64..191: normalised inputs of about unit scale, as the float tolerances assume.
+  large = rng.integers(64, 192, (B, 2, 32, 32, 3), np.uint8)
+  small = rng.integers(64, 192, (B, 4, 16, 16, 3), np.uint8)
   step = make_train_step(config, mesh, STEPS_PER_EPOCH, augment=False)
-  new, metrics = jax.device_get(step(state, batch))
+  new, metrics = jax.device_get(step(state, tiled_batch(large, small)))
+  # Without augmentation the crops are cut (here: copied) and normalised.
+  batch = {name: normalize(jnp.asarray(x, jnp.float32) / 255.0)
+           for name, x in (('large', large), ('small', small))}
 
   model = method.build_encoder(config)
   key_params = jax.tree.map(lambda k, q: 0.995 * k + 0.005 * q, old.key_params, old.params)
