@@ -13,19 +13,21 @@ from configs.base import get_base_config, moco_v2
 from revisit_jax.sharding import batch_sharding, make_mesh
 from revisit_jax.train_state import create_train_state, make_optimizer
 from revisit_jax.train_step import make_train_step
+from step_batches import canvas_size, tiled_batch
 
 IMAGES, BATCH, SIZE, CROP = 32, 16, 32, 28
 
 
 def patterns(rng):
-  """Smooth random colour patterns, so that two crops of one image look alike."""
-  coarse = rng.normal(size=(IMAGES, 4, 4, 3))
-  return np.repeat(np.repeat(coarse, SIZE // 4, axis=1), SIZE // 4, axis=2).astype(np.float32)
+  """Smooth random colour patterns, so that two crops of one image look alike (about N(0, 1)
+  once normalised by the ImageNet mean and std)."""
+  coarse = np.clip(118 + 57 * rng.normal(size=(IMAGES, 4, 4, 3)), 0, 255).astype(np.uint8)
+  return np.repeat(np.repeat(coarse, SIZE // 4, axis=1), SIZE // 4, axis=2)
 
 
 def two_crops(rng, images):
-  """[n, 2, CROP, CROP, 3]: random crops with random horizontal flips."""
-  out = np.empty((len(images), 2, CROP, CROP, 3), np.float32)
+  """uint8 [n, 2, CROP, CROP, 3]: random crops with random horizontal flips."""
+  out = np.empty((len(images), 2, CROP, CROP, 3), np.uint8)
   for i, image in enumerate(images):
     for c in range(2):
       y, x = rng.integers(0, SIZE - CROP + 1, size=2)
@@ -38,6 +40,7 @@ def test_infonce_top1_goes_from_chance_to_above_0_9():
   c = moco_v2(get_base_config())
   c.model.arch, c.model.width, c.model.head_hidden_dim, c.model.dtype = 'resnet18', 8, 64, 'float32'
   c.crops.large_size = CROP
+  c.data.canvas_size = canvas_size(CROP, 0, 0)  # the two crops side by side, cut as they are
   # The queue holds exactly the other half of the images: no positive among the negatives.
   c.method.queue_size, c.data.global_batch, c.data.bn_groups = BATCH, BATCH, 1
   c.method.key_momentum = 0.9
@@ -50,7 +53,7 @@ def test_infonce_top1_goes_from_chance_to_above_0_9():
   start = time.time()
   for i in range(200):
     half = np.arange(BATCH) + (i % 2) * BATCH
-    batch = {'large': two_crops(rng, images[half]), 'image_id': half.astype(np.int32)}
+    batch = {**tiled_batch(two_crops(rng, images[half])), 'image_id': half.astype(np.int32)}
     state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
     top1.append(float(metrics['acc1']))
   print(f'{time.time() - start:.1f} s; top-1 first steps {top1[1:5]}, last {top1[-5:]}')
