@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from eval import common, knn
 from input_pipeline import tfds_eval
+from revisit_jax import files
 
 MODES = {'full': "moco main_lincls.py's protocol (RandomResizedCrop + flip every epoch)",
          'fast': 'FAST MODE, not the protocol: centre-crop training features computed once, '
@@ -63,11 +64,16 @@ def parse_args(argv=None):
   return args
 
 
-def check_setup(args, workdir: Path) -> None:
-  """The workdir holds one evaluation: refuse to resume with other weights, data or settings."""
+def setup_of(args) -> dict:
+  """What makes an evaluation: everything but where its outputs and workers go."""
   setup = {k: v for k, v in vars(args).items() if k not in ('out', 'workers', 'workdir')}
   setup['weights'] = str(Path(args.weights).resolve())
-  path = workdir / SETUP
+  return setup
+
+
+def check_setup(args, workdir: Path) -> None:
+  """The workdir holds one evaluation: refuse to resume with other weights, data or settings."""
+  path, setup = workdir / SETUP, setup_of(args)
   if path.is_file():
     saved = json.loads(path.read_text())
     changed = sorted(k for k in setup.keys() | saved.keys() if setup.get(k) != saved.get(k))
@@ -75,8 +81,12 @@ def check_setup(args, workdir: Path) -> None:
       raise ValueError(f'{workdir} holds an evaluation with other settings ('
                        + ', '.join(f'{k}: {saved.get(k)!r} there, {setup.get(k)!r} now'
                                    for k in changed) + '); use another --workdir')
-  workdir.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(setup, indent=2) + '\n')
+
+
+def record_setup(args, workdir: Path) -> None:
+  """Written with the workdir's first result, so a run that failed on its inputs (weights,
+  data) leaves nothing that would refuse the corrected command."""
+  files.write_text(workdir / SETUP, json.dumps(setup_of(args), indent=2) + '\n')
 
 
 def cached_features(args, split, backbone, device, workdir: Path):
@@ -88,6 +98,7 @@ def cached_features(args, split, backbone, device, workdir: Path):
       return saved['features'], saved['labels'], list(saved['classes'])
   features, labels, classes = knn.split_features(args, split, backbone, device,
                                                  l2_normalize=False)
+  record_setup(args, workdir)
   tmp = path.with_suffix('.tmp.npz')
   np.savez(tmp, features=features, labels=labels, classes=np.array(classes))
   os.replace(tmp, path)

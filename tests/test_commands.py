@@ -27,7 +27,7 @@ from test_main import ROOT, env
 
 EVALS = ('eval.knn', 'eval.voc_svm', 'eval.retrieval', 'eval.segmentation', 'eval.davis',
          'eval.linear', 'eval.embedding')
-ANY_RESNET = ('eval.linear', 'eval.embedding')  # rebuild the network from its weights
+ANY_RESNET = ('eval.knn', 'eval.linear', 'eval.embedding')  # any ResNet, rebuilt from its weights
 
 
 class Payload:
