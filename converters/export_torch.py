@@ -44,6 +44,33 @@ def read_checkpoint(path, step: int | None = None) -> TorchWeights:
   return weights
 
 
+def export_trained(workdir: Path, config, state) -> str:
+  """The query encoder of a run's final state as torchvision weights beside checkpoints/
+  (safetensors without torch); called by revisit_jax.main after training.
+
+  Taken from the parameters in memory, which every process holds whole, and written by
+  process 0 once every process has finished: the same on one host or many.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
+  from revisit_jax.monitor import local_copy
+  try:
+    import torch  # noqa: F401  (the .pth writer needs it)
+    suffix = 'pth'
+  except ImportError:
+    suffix = 'safetensors'
+  out = Path(workdir) / f'{config.model.arch}_torchvision.{suffix}'
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('export')
+  if jax.process_index() == 0:
+    params, stats = jax.device_get(local_copy((state.params, state.batch_stats)))
+    weights = TorchWeights(path=str(workdir), layout='moco',
+                           encoder_q=flax_to_torch(params, stats))
+    write(weights.backbone(), out)
+  return str(out)
+
+
 def find_field(tree, name):
   """The first value stored under `name` in a nested dict / list (the optax state)."""
   if isinstance(tree, dict):
