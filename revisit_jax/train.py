@@ -27,8 +27,8 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from input_pipeline import sources
-from revisit_jax import (checkpoint, compile_cache, files, logging_utils, monitor, sharding,
-                         train_state, train_step)
+from revisit_jax import (checkpoint, compile_cache, config_check, files, logging_utils,
+                         monitor, sharding, train_state, train_step)
 from revisit_jax.device_batches import prefetch_to_device
 
 # The config fields that define a run: a workdir holding another value of one of them is refused.
@@ -60,45 +60,10 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 
 def validate(config, mesh, num_images: int) -> None:
-  """Raise a RunError for any impossible combination, before anything is compiled."""
-  try:
-    train_step.check_config(config, mesh)
-  except ValueError as e:
-    raise RunError(str(e)) from None
-  m, t, batch = config.method, config.train, config.data.global_batch
-  processes = jax.process_count()
-  problems = []
-  if config.optim.epochs < 1:
-    problems.append(f'config.optim.epochs={config.optim.epochs} must be >= 1')
-  if m.knn_warmup_epochs > config.optim.epochs:
-    problems.append(f'config.method.knn_warmup_epochs={m.knn_warmup_epochs} exceeds '
-                    f'config.optim.epochs={config.optim.epochs}: the kNN loss would never start')
-  if m.kind == 'moco' and m.knn_weight:
-    problems.append(f"config.method.knn_weight={m.knn_weight} with kind 'moco', which has "
-                    'no kNN loss (set it to 0 or use kind ours)')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    if t[field] < 1:
-      problems.append(f'config.train.{field}={t[field]} must be >= 1')
-  if batch % processes:
-    problems.append(f'config.data.global_batch={batch} is not divisible by {processes} processes')
-  steps_per_epoch = num_images // batch
-  if steps_per_epoch < 1:
-    problems.append(f'config.data.source={config.data.source!r} has {num_images} images, '
-                    f'fewer than one batch of config.data.global_batch={batch}')
-  elif t.num_steps != -1 and not 0 < t.num_steps <= config.optim.epochs * steps_per_epoch:
-    problems.append(f'config.train.num_steps={t.num_steps}: expected -1 or 1..'
-                    f'{config.optim.epochs * steps_per_epoch} (epochs x steps per epoch)')
-  if not t.compilation_cache:
-    problems.append("config.train.compilation_cache is empty: expected 'auto', 'off' or a folder")
-  mon = config.monitor
-  if (mon.every_epochs > 0 or mon.final_vs_random) and not mon.source:
-    problems.append('config.monitor.source is empty but the monitor is on '
-                    f'(every_epochs={mon.every_epochs}, final_vs_random={mon.final_vs_random})')
-  if mon.every_epochs < 0:
-    problems.append(f'config.monitor.every_epochs={mon.every_epochs} must be >= 0')
-  if problems:
-    raise RunError('invalid config: ' + '; '.join(problems))
-  note = train_step.bn_group_note(config, mesh.devices.size)
+  """Raise a ConfigError for any impossible combination, before anything is written or
+  compiled; warn when BatchNorm groups differ from the paper's."""
+  config_check.check(config, mesh.devices.size, jax.process_count(), num_images)
+  note = config_check.bn_group_note(config, mesh.devices.size)
   if note:
     logging.warning(note)
 
