@@ -23,6 +23,7 @@ import numpy as np
 from converters.mapping import flax_to_torch, torch_order
 from converters.torch_files import TorchWeights, parameter_keys
 from revisit_jax import cli, files
+from revisit_jax.train_state import cosine_lr
 
 
 def read_checkpoint(path, step: int | None = None) -> TorchWeights:
@@ -92,8 +93,8 @@ def sgd_state(trace, weights: TorchWeights, config: dict) -> dict | None:
   momentum = flax_to_torch(trace, {})
   keys = sorted(momentum, key=torch_order)
   optim = config.get('optim', {})
-  epochs, lr = optim.get('epochs', 1), optim.get('base_lr', 0.0)
-  group = {'lr': float(lr * 0.5 * (1 + np.cos(np.pi * weights.epoch / epochs))),
+  lr = cosine_lr(optim.get('base_lr', 0.0), optim.get('epochs', 1))(weights.epoch)
+  group = {'lr': float(lr),
            'momentum': optim.get('momentum', 0.9), 'dampening': 0,
            'weight_decay': optim.get('weight_decay', 0.0), 'nesterov': False,
            'maximize': False, 'foreach': None, 'differentiable': False, 'fused': None,
