@@ -23,6 +23,7 @@ import numpy as np
 from converters.mapping import flax_to_torch, torch_order
 from converters.torch_files import TorchWeights, parameter_keys
 from revisit_jax import cli, files
+from revisit_jax.train_state import cosine_lr
 
 
 def read_checkpoint(path, step: int | None = None) -> TorchWeights:
@@ -42,6 +43,33 @@ def read_checkpoint(path, step: int | None = None) -> TorchWeights:
       arch=config.get('model', {}).get('arch', meta.get('arch')))
   weights.optimizer = sgd_state(find_field(state['opt_state'], 'trace'), weights, config)
   return weights
+
+
+def export_trained(workdir: Path, config, state) -> str:
+  """The query encoder of a run's final state as torchvision weights beside checkpoints/
+  (safetensors without torch); called by revisit_jax.main after training.
+
+  Taken from the parameters in memory, which every process holds whole, and written by
+  process 0 once every process has finished: the same on one host or many.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
+  from revisit_jax.monitor import local_copy
+  try:
+    import torch  # noqa: F401  (the .pth writer needs it)
+    suffix = 'pth'
+  except ImportError:
+    suffix = 'safetensors'
+  out = Path(workdir) / f'{config.model.arch}_torchvision.{suffix}'
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('export')
+  if jax.process_index() == 0:
+    params, stats = jax.device_get(local_copy((state.params, state.batch_stats)))
+    weights = TorchWeights(path=str(workdir), layout='moco',
+                           encoder_q=flax_to_torch(params, stats))
+    write(weights.backbone(), out)
+  return str(out)
 
 
 def find_field(tree, name):
@@ -65,8 +93,8 @@ def sgd_state(trace, weights: TorchWeights, config: dict) -> dict | None:
   momentum = flax_to_torch(trace, {})
   keys = sorted(momentum, key=torch_order)
   optim = config.get('optim', {})
-  epochs, lr = optim.get('epochs', 1), optim.get('base_lr', 0.0)
-  group = {'lr': float(lr * 0.5 * (1 + np.cos(np.pi * weights.epoch / epochs))),
+  lr = cosine_lr(optim.get('base_lr', 0.0), optim.get('epochs', 1))(weights.epoch)
+  group = {'lr': float(lr),
            'momentum': optim.get('momentum', 0.9), 'dampening': 0,
            'weight_decay': optim.get('weight_decay', 0.0), 'nesterov': False,
            'maximize': False, 'foreach': None, 'differentiable': False, 'fused': None,

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from converters.mapping import torch_to_flax
 from converters.torch_files import TorchWeights, parameter_keys, read_weights
-from revisit_jax import checkpoint, cli
+from revisit_jax import checkpoint, cli, config_check
 from revisit_jax.sharding import make_mesh
 from revisit_jax.train_state import create_train_state
 
@@ -49,6 +49,7 @@ def encoder(part: dict, template_params, template_stats, source):
 
 
 def import_weights(src, out, config, steps_per_epoch: int) -> dict:
+  config_check.check(config, jax.device_count(), jax.process_count())
   weights = read_weights(src)
   fresh = create_train_state(config, make_mesh(), jax.random.key(config.train.seed))
   params, stats = jax.device_get((fresh.params, fresh.batch_stats))

@@ -20,9 +20,7 @@ from tqdm import tqdm
 
 from converters.mapping import StateDictMismatch
 from converters.torch_files import read_weights
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from revisit_jax.imagenet import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD
 
 
 def resnet50_state_dict(path) -> dict[str, torch.Tensor]:

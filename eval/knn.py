@@ -23,6 +23,7 @@ from eval import common
 from eval.seg_data import require_dir
 from input_pipeline import demo_data, tfds_eval
 from input_pipeline.sources import DEMO, TFDS_PREFIX
+from revisit_jax.imagenet import resize_for_crop
 from revisit_jax.knn import knn_predict
 
 
@@ -78,7 +79,7 @@ def labelled_images(args, split, transform):
 def split_features(args, split, model, device, l2_normalize=True):
   """(features [N, D], L2-normalised unless told otherwise, labels [N], class names) of one
   split's centre crops."""
-  transform = common.feature_transform(round(args.size * 256 / 224), args.size)
+  transform = common.feature_transform(resize_for_crop(args.size), args.size)
   source, labels, classes, workers = labelled_images(args, split, transform)
   loader = torch.utils.data.DataLoader(source, batch_size=args.batch_size, num_workers=workers,
                                        pin_memory=device.type == 'cuda')

@@ -268,17 +268,26 @@ class TFDSSource(_RandomAccess):
     return decode_file_bytes(payload)
 
 
+def tfds_builder(name: str, data_dir: str | None = None):
+  """The builder of a TFDS dataset, for training and the evaluations alike (an unknown name
+  is a ValueError naming it)."""
+  import tensorflow_datasets as tfds
+
+  import_tf()
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    # its first line only, not TFDS's list of every dataset it knows
+    raise ValueError(f'unknown TFDS dataset {name!r}: {str(e).strip().splitlines()[0]}') from None
+
+
 def tfds_source(
   name: str, split: str = 'train', data_dir: str | None = None, download: bool = False
 ) -> TFDSSource:
   """A TFDS dataset by name; downloads only when ``download`` is True."""
   import tensorflow_datasets as tfds
 
-  import_tf()
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
+  builder = tfds_builder(name, data_dir)
   if not builder.is_prepared():
     if not download:
       raise FileNotFoundError(

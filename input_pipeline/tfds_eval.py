@@ -8,7 +8,7 @@ downloaded: the dataset must be prepared in `data_dir` already.
 
 import numpy as np
 
-from input_pipeline.sources import decode_file_bytes, import_tf
+from input_pipeline.sources import decode_file_bytes, import_tf, tfds_builder
 
 
 def load(name: str, split: str, data_dir=None, image_key=None):
@@ -16,18 +16,9 @@ def load(name: str, split: str, data_dir=None, image_key=None):
 
   `image_key` defaults to the image of the dataset's supervised keys.
   """
-  import_tf()
   import tensorflow_datasets as tfds
 
-  def not_found(e):
-    where = data_dir or 'the default data dir'
-    first_line = str(e).strip().splitlines()[0]  # not TFDS's list of every dataset it knows
-    return FileNotFoundError(f'TFDS dataset {name!r} split {split!r} not found in {where} '
-                             f'(it must be prepared beforehand): {first_line}')
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise not_found(e) from None
+  builder = tfds_builder(name, data_dir)
   if image_key is None:
     if builder.info.supervised_keys is None:
       raise ValueError(f'TFDS dataset {name!r} has no (image, label) supervised keys')
@@ -36,7 +27,10 @@ def load(name: str, split: str, data_dir=None, image_key=None):
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             decoders={image_key: tfds.decode.SkipDecoding()})
   except (AssertionError, ValueError) as e:
-    raise not_found(e) from None
+    first_line = str(e).strip().splitlines()[0]
+    raise FileNotFoundError(f'TFDS dataset {name!r} split {split!r} not found in '
+                            f'{data_dir or "the default data dir"} (it must be prepared '
+                            f'beforehand): {first_line}') from None
   except NotImplementedError:  # TFDS reads array_record only by random access
     raise ValueError(f'TFDS dataset {name!r} is stored as {builder.info.file_format.value}; the '
                      'evaluations read it in order, which needs file_format="tfrecord"') from None

@@ -25,7 +25,8 @@ from ml_collections import config_flags
 
 from revisit_jax.sharding import batch_sharding, make_mesh
 from revisit_jax.train_state import create_train_state
-from revisit_jax.train_step import input_side, make_train_step, num_crops
+from revisit_jax.config_check import num_crops
+from revisit_jax.train_step import input_side, make_train_step
 
 H200 = {'name': 'H200', 'hbm_bytes_per_s': 4.8e12, 'fp32_flops_per_s': 67e12}
 TARGET_IMAGES_PER_S = 5000

@@ -30,9 +30,7 @@ class MetricWriter:
     if not self._active:
       return
     keep_steps_up_to(Path(workdir) / METRICS_FILE, step)
-    from input_pipeline.sources import import_tf
-    import_tf()  # clu's summary writer imports TensorFlow: hide the GPUs from it first
-    from clu import metric_writers
+    from clu import metric_writers  # imports TensorFlow, kept off the GPUs by revisit_jax.main
     self._events = metric_writers.create_default_writer(str(workdir))
     self._jsonl = open(Path(workdir) / METRICS_FILE, 'a')
 

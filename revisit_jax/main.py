@@ -19,12 +19,15 @@ All processes form one mesh over all devices; each reads its share of every batc
 
 import json
 import os
+from pathlib import Path
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from revisit_jax import cli
+from revisit_jax import cli, files, monitor, sharding, train_state
+
+FINAL_KNN_FILE = 'knn_final.json'
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -69,6 +72,19 @@ def report(summary: dict) -> None:
   print(json.dumps(summary))
 
 
+def final_knn(config, state) -> dict:
+  """kNN top-1 of the trained network and of the same network at its initialisation."""
+  from revisit_jax.train import open_monitor
+  splits = open_monitor(config)
+  fresh = train_state.create_train_state(config, sharding.make_mesh(),
+                                         jax.random.PRNGKey(config.train.seed))
+  return {'learned_top1': monitor.knn_top1(config, state.params, state.batch_stats, splits),
+          'random_init_top1': monitor.knn_top1(config, fresh.params, fresh.batch_stats, splits),
+          'source': config.monitor.source, 'test_split': config.monitor.test_split,
+          'k': config.monitor.k, 'temperature': config.monitor.temperature,
+          'step': int(state.step)}
+
+
 def write_curves(workdir) -> None:
   """The run's curves (revisit_jax.report) as WORKDIR/report.png; prints where."""
   from revisit_jax import report as curves
@@ -89,7 +105,16 @@ def main(argv):
     raise OSError(f'--config: {cli.one_line(e)}') from None
   init_distributed()
   from revisit_jax import train
-  summary = train.train(config, _WORKDIR.value, fresh=_FRESH.value)
+  workdir = Path(_WORKDIR.value).absolute()
+  summary, state = train.train(config, workdir, fresh=_FRESH.value)
+  if not summary['stopped']:
+    if config.monitor.final_vs_random:
+      summary['knn'] = final_knn(config, state)
+      if jax.process_index() == 0:
+        files.write_text(workdir / FINAL_KNN_FILE, json.dumps(summary['knn'], indent=2) + '\n')
+    if config.train.export_torch:
+      from converters import export_torch
+      summary['export'] = export_torch.export_trained(workdir, config, state)
   if jax.process_index() == 0:
     write_curves(_WORKDIR.value)
     report(summary)

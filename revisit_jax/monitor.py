@@ -16,6 +16,7 @@ import numpy as np
 
 from revisit_jax import knn, method
 from revisit_jax.augment import normalize
+from revisit_jax.imagenet import resize_for_crop
 
 
 def open_split(spec: str, split: str, data_dir: str = ''):
@@ -45,7 +46,7 @@ def features(config, params, batch_stats, source) -> tuple[np.ndarray, np.ndarra
   size, batch_size = config.monitor.image_size, config.monitor.batch_size
   params, batch_stats = local_copy(params), local_copy(batch_stats)
   feats, labels = [], []
-  for batch in eval_batches(source, batch_size=batch_size, resize=round(size * 256 / 224),
+  for batch in eval_batches(source, batch_size=batch_size, resize=resize_for_crop(size),
                             crop=size, workers=config.data.workers or None):
     n = len(batch['label'])
     images = np.pad(batch['image'], ((0, batch_size - n),) + ((0, 0),) * 3)  # one shape

@@ -1,4 +1,4 @@
-"""The pretraining loop: resume, checkpoints, signals, logging, the kNN monitor, export.
+"""The pretraining loop: resume, checkpoints, signals, logging, the kNN monitor.
 
 The data position is a function of the step (epoch = step // steps_per_epoch, batch =
 step % steps_per_epoch), so a checkpoint of the state is all a resume needs. Checkpoints
@@ -8,8 +8,8 @@ A checkpoint is written only after its step's loss and the state it holds were s
 
 Whenever the process dies, running it again ends with the state an uninterrupted run ends
 with: it resumes from the newest intact checkpoint (revisit_jax.checkpoint), the metrics log
-drops the steps it will redo, and the files written at the end (config.json, knn_final.json,
-the torchvision export) are replaced atomically.
+drops the steps it will redo, and the files written (config.json here; knn_final.json and the
+torchvision export by revisit_jax.main) are replaced atomically.
 """
 
 import json
@@ -26,14 +26,15 @@ from absl import logging
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from revisit_jax import (checkpoint, compile_cache, files, logging_utils, monitor, sharding,
-                         train_state, train_step)
+from input_pipeline import sources
+from revisit_jax import (checkpoint, compile_cache, config_check, files, logging_utils,
+                         monitor, sharding, train_state, train_step)
+from revisit_jax.device_batches import prefetch_to_device
 
 # The config fields that define a run: a workdir holding another value of one of them is refused.
 RUN_FIELDS = ('model', 'method', 'crops', 'optim', 'data.global_batch', 'data.source',
               'data.split')
 CONFIG_FILE = 'config.json'
-FINAL_KNN_FILE = 'knn_final.json'
 
 
 class RunError(ValueError):
@@ -46,7 +47,6 @@ class NonFiniteLoss(RunError):
 
 def open_data(config):
   """The training source; a bad spec or path becomes a RunError naming config.data.source."""
-  from input_pipeline import sources
   try:
     return sources.open_source(config.data.source, config.data.split,
                                config.data.data_dir or None)
@@ -60,45 +60,10 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 
 def validate(config, mesh, num_images: int) -> None:
-  """Raise a RunError for any impossible combination, before anything is compiled."""
-  try:
-    train_step.check_config(config, mesh)
-  except ValueError as e:
-    raise RunError(str(e)) from None
-  m, t, batch = config.method, config.train, config.data.global_batch
-  processes = jax.process_count()
-  problems = []
-  if config.optim.epochs < 1:
-    problems.append(f'config.optim.epochs={config.optim.epochs} must be >= 1')
-  if m.knn_warmup_epochs > config.optim.epochs:
-    problems.append(f'config.method.knn_warmup_epochs={m.knn_warmup_epochs} exceeds '
-                    f'config.optim.epochs={config.optim.epochs}: the kNN loss would never start')
-  if m.kind == 'moco' and m.knn_weight:
-    problems.append(f"config.method.knn_weight={m.knn_weight} with kind 'moco', which has "
-                    'no kNN loss (set it to 0 or use kind ours)')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    if t[field] < 1:
-      problems.append(f'config.train.{field}={t[field]} must be >= 1')
-  if batch % processes:
-    problems.append(f'config.data.global_batch={batch} is not divisible by {processes} processes')
-  steps_per_epoch = num_images // batch
-  if steps_per_epoch < 1:
-    problems.append(f'config.data.source={config.data.source!r} has {num_images} images, '
-                    f'fewer than one batch of config.data.global_batch={batch}')
-  elif t.num_steps != -1 and not 0 < t.num_steps <= config.optim.epochs * steps_per_epoch:
-    problems.append(f'config.train.num_steps={t.num_steps}: expected -1 or 1..'
-                    f'{config.optim.epochs * steps_per_epoch} (epochs x steps per epoch)')
-  if not t.compilation_cache:
-    problems.append("config.train.compilation_cache is empty: expected 'auto', 'off' or a folder")
-  mon = config.monitor
-  if (mon.every_epochs > 0 or mon.final_vs_random) and not mon.source:
-    problems.append('config.monitor.source is empty but the monitor is on '
-                    f'(every_epochs={mon.every_epochs}, final_vs_random={mon.final_vs_random})')
-  if mon.every_epochs < 0:
-    problems.append(f'config.monitor.every_epochs={mon.every_epochs} must be >= 0')
-  if problems:
-    raise RunError('invalid config: ' + '; '.join(problems))
-  note = train_step.bn_group_note(config, mesh.devices.size)
+  """Raise a ConfigError for any impossible combination, before anything is written or
+  compiled; warn when BatchNorm groups differ from the paper's."""
+  config_check.check(config, mesh.devices.size, jax.process_count(), num_images)
+  note = config_check.bn_group_note(config, mesh.devices.size)
   if note:
     logging.warning(note)
 
@@ -189,7 +154,6 @@ def restore(workdir: Path, state):
 
 def as_device_batches(iterator, mesh):
   """Per-process numpy batches -> global arrays (image ids as int32, JAX's default int)."""
-  from input_pipeline.device import prefetch_to_device
   batches = ({**b, 'image_id': b['image_id'].astype(np.int32)} for b in iterator)
   return prefetch_to_device(batches, mesh)
 
@@ -252,45 +216,11 @@ def open_monitor(config):
     raise RunError(f'config.monitor.source={m.source!r}: {e}') from None
 
 
-def final_knn(config, mesh, state, splits) -> dict:
-  """kNN top-1 of the trained network and of the same network at its initialisation."""
-  fresh = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
-  return {'learned_top1': monitor.knn_top1(config, state.params, state.batch_stats, splits),
-          'random_init_top1': monitor.knn_top1(config, fresh.params, fresh.batch_stats, splits),
-          'source': config.monitor.source, 'test_split': config.monitor.test_split,
-          'k': config.monitor.k, 'temperature': config.monitor.temperature,
-          'step': int(state.step)}
-
-
-def export_weights(workdir: Path, config, state) -> str:
-  """The query encoder as torchvision weights beside checkpoints/ (safetensors without torch).
-
-  Taken from the parameters in memory, which every process holds whole, and written by
-  process 0 once every process has finished: the same on one host or many.
-  """
-  from converters.export_torch import write
-  from converters.mapping import flax_to_torch
-  from converters.torch_files import TorchWeights
-  try:
-    import torch  # noqa: F401  (the .pth writer needs it)
-    suffix = 'pth'
-  except ImportError:
-    suffix = 'safetensors'
-  out = workdir / f'{config.model.arch}_torchvision.{suffix}'
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('export')
-  if jax.process_index() == 0:
-    params, stats = jax.device_get(monitor.local_copy((state.params, state.batch_stats)))
-    weights = TorchWeights(path=str(workdir), layout='moco',
-                           encoder_q=flax_to_torch(params, stats))
-    write(weights.backbone(), out)
-  return str(out)
-
-
 def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> dict:
-  """Train (or resume) in `workdir`; returns a summary (final step, stopped, kNN, export, and
-  the start-up: seconds to the end of the first step, in that step, and spent tracing,
-  lowering and compiling). `fresh` moves what `workdir` holds aside and starts from step 0."""
+  """Train (or resume) in `workdir`; returns (summary, final state). The summary: final step,
+  stopped, and the start-up (seconds to the end of the first step, in that step, and spent
+  tracing, lowering and compiling). `fresh` moves what `workdir` holds aside and starts from
+  step 0."""
   start, compiled_before = time.perf_counter(), compile_cache.seconds()
   workdir = Path(workdir).absolute()
   mesh = sharding.make_mesh()
@@ -302,7 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   check_same_run(workdir, config)
   splits = open_monitor(config)
 
-  from input_pipeline import crops, pipeline
+  from input_pipeline import crops, pipeline  # TensorFlow, once the config is known to be good
   processes, devices = jax.process_count(), mesh.devices.size
   local_batch = config.data.global_batch // processes
   steps_per_epoch = pipeline.steps_per_epoch(len(source), local_batch, processes)
@@ -322,6 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   step_fn = train_step.make_train_step(config, mesh, steps_per_epoch)
 
   mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
+  sources.import_tf()  # TensorFlow (the data, clu's event writer) kept off the accelerators
   writer = logging_utils.MetricWriter(workdir, step)
   bar = logging_utils.progress_bar(last, step)
   stop = StopSignal(every=config.train.log_every_steps)
@@ -384,12 +315,4 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
 
   summary = {'step': step, 'epoch': step / steps_per_epoch, 'stopped': stopped,
              'workdir': str(workdir), 'startup': startup}
-  if stopped:
-    return summary
-  if config.monitor.final_vs_random:
-    summary['knn'] = final_knn(config, mesh, state, splits)
-    if jax.process_index() == 0:
-      files.write_text(workdir / FINAL_KNN_FILE, json.dumps(summary['knn'], indent=2) + '\n')
-  if config.train.export_torch:
-    summary['export'] = export_weights(workdir, config, state)
-  return summary
+  return summary, state

@@ -34,9 +34,15 @@ class TrainState:
 SCHEDULES = ('cosine_epoch', 'cosine_step')
 
 
+def cosine_lr(base_lr: float, epochs: int):
+  """e -> base_lr * 0.5 * (1 + cos(pi * e / epochs)), the original's adjust_learning_rate
+  (e: the epoch, or the fractional epoch); also the lr converters.export_torch records."""
+  return optax.cosine_decay_schedule(base_lr, epochs)
+
+
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """lr = base_lr * 0.5 * (1 + cos(pi * e / epochs)); e = the epoch (or fractional epoch)."""
-  cosine = optax.cosine_decay_schedule(config.optim.base_lr, config.optim.epochs)
+  """The learning rate at a step: cosine_lr of its epoch, whole or fractional."""
+  cosine = cosine_lr(config.optim.base_lr, config.optim.epochs)
   if config.optim.schedule == 'cosine_epoch':
     return lambda step: cosine(step // steps_per_epoch)
   if config.optim.schedule == 'cosine_step':

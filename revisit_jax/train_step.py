@@ -14,93 +14,11 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec as P
 
-from revisit_jax import method, queues
+from revisit_jax import config_check, method, queues
 from revisit_jax.augment import augment_crops, cut_crops, flips_of, normalize
-from revisit_jax.models.resnet import STAGE_SIZES
 from revisit_jax.sharding import AXIS
-from revisit_jax.train_state import SCHEDULES, TrainState, make_optimizer, make_schedule
-
-KINDS = ('ours', 'moco')
-STEMS = ('imagenet', 'cifar')
-
-
-def check_config(config: ml_collections.ConfigDict, mesh) -> None:
-  """Raise a ValueError naming the config field before anything is compiled."""
-  m, crops, batch = config.method, config.crops, config.data.global_batch
-  devices, groups = mesh.devices.size, config.data.bn_groups
-  for field in ('data.global_batch', 'data.bn_groups', 'data.canvas_size', 'model.width',
-                'model.head_hidden_dim', 'model.embed_dim', 'crops.large_size',
-                'crops.small_size', 'method.queue_size'):
-    value = config[field]
-    if not (isinstance(value, int) and value >= 1):
-      raise ValueError(f'config.{field}={value!r}: expected an int >= 1')
-  if config.model.arch not in STAGE_SIZES:
-    raise ValueError(f'config.model.arch={config.model.arch!r}: expected one of '
-                     f'{tuple(STAGE_SIZES)}')
-  if config.optim.schedule not in SCHEDULES:
-    raise ValueError(f'config.optim.schedule={config.optim.schedule!r}: expected one of '
-                     f'{SCHEDULES}')
-  for field in ('crops.large_scale', 'crops.small_scale'):
-    low, high = config[field]
-    if not 0 < low <= high <= 1:
-      raise ValueError(f'config.{field}=({low}, {high}): expected 0 < low <= high <= 1 '
-                       '(fractions of the image area)')
-  if not 0 <= m.key_momentum <= 1:
-    raise ValueError(f'config.method.key_momentum={m.key_momentum}: expected 0 <= m <= 1')
-  if not m.temperature > 0:
-    raise ValueError(f'config.method.temperature={m.temperature}: expected > 0')
-  if m.kind not in KINDS:
-    raise ValueError(f'config.method.kind={m.kind!r}: expected one of {KINDS}')
-  if not (isinstance(crops.num_small, int) and crops.num_small >= 0):
-    raise ValueError(f'config.crops.num_small={crops.num_small!r}: expected an int >= 0')
-  if m.kind == 'ours' and crops.num_small == 0:
-    raise ValueError("config.crops.num_small=0 with config.method.kind='ours': "
-                     "the multi-crop method needs small crops (use kind 'moco')")
-  crop_ids = range(2 + crops.num_small)
-  unknown = [c for c in crops.autoaugment_crops if c not in crop_ids]
-  if unknown:
-    raise ValueError(f'config.crops.autoaugment_crops={tuple(crops.autoaugment_crops)}: '
-                     f'crops {unknown} do not exist (crop ids are {tuple(crop_ids)})')
-  if batch % (devices * groups):
-    raise ValueError(f'config.data.global_batch={batch} is not divisible by {devices} devices '
-                     f'x config.data.bn_groups={groups}')
-  if m.queue_size % batch:
-    raise ValueError(f'config.method.queue_size={m.queue_size} is not a multiple of '
-                     f'config.data.global_batch={batch}')
-  if m.kind == 'ours' and m.knn_topk < 1:
-    raise ValueError(f'config.method.knn_topk={m.knn_topk}: expected >= 1')
-  if m.kind == 'ours' and m.knn_topk > m.queue_size // devices:
-    raise ValueError(f'config.method.knn_topk={m.knn_topk} exceeds the {m.queue_size // devices} '
-                     f'queue rows per device')
-  if config.model.stem not in STEMS:
-    raise ValueError(f'config.model.stem={config.model.stem!r}: expected one of {STEMS}')
-  for field, value in (('model.dtype', config.model.dtype),
-                       ('method.backbone_queue_dtype', m.backbone_queue_dtype)):
-    if value not in ('float32', 'bfloat16'):
-      raise ValueError(f"config.{field}={value!r}: expected 'float32' or 'bfloat16'")
-
-
-PAPER_BN_GROUP = 128  # SPEC.md: the original's 2 GPUs x 128 images, per-GPU BatchNorm
-
-
-def bn_group_note(config: ml_collections.ConfigDict, devices: int) -> str:
-  """A warning when BN would average over other than the paper's 128 images ('' if not)."""
-  batch, groups = config.data.global_batch, config.data.bn_groups
-  group = batch // (devices * groups)
-  if batch != 2 * PAPER_BN_GROUP or group == PAPER_BN_GROUP:
-    return ''
-  per_device = batch // devices
-  fix = (f'set --config.data.bn_groups={per_device // PAPER_BN_GROUP}'
-         if per_device % PAPER_BN_GROUP == 0 else
-         f'{per_device} images per device cannot hold one (no cross-device BN here)')
-  return (f'BatchNorm statistics over {group} images ({batch} / ({devices} devices x '
-          f'config.data.bn_groups={groups})), not the paper\'s {PAPER_BN_GROUP}: {fix}')
-
-
-def num_crops(config) -> int:
-  """Crops per image: the large query and key, then the small queries."""
-  return 2 + config.crops.num_small
-
+from revisit_jax.config_check import crop_groups, num_crops
+from revisit_jax.train_state import TrainState, make_optimizer, make_schedule
 
 def check_batch(config, batch) -> None:
   """Shapes of the batch against the config (at trace time, before compiling)."""
@@ -112,14 +30,6 @@ def check_batch(config, batch) -> None:
   for name, shape in expected.items():
     if tuple(batch[name].shape) != shape:
       raise ValueError(f"batch['{name}'] has shape {tuple(batch[name].shape)}: expected {shape}")
-
-
-def crop_groups(config) -> tuple:
-  """(crop ids, size) of each group of crops: the large query and key, then the small ones."""
-  groups = (((0, 1), config.crops.large_size),)
-  if config.crops.num_small:
-    groups += ((tuple(range(2, num_crops(config))), config.crops.small_size),)
-  return groups
 
 
 def crop_ops(config: ml_collections.ConfigDict, augment: bool = True):
@@ -159,7 +69,7 @@ def make_gradients(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int
   'key_batch_stats', 'keys' and 'keys_h' (this step's keys, split like the batch), 'rng'.
   With augment=False the crops are cut unflipped and only normalised.
   """
-  check_config(config, mesh)
+  config_check.check(config, mesh.devices.size)
   model = method.build_encoder(config)
   m, c = config.method, config.crops
   small_ids = tuple(range(2, num_crops(config)))

@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from revisit_jax import compile_cache, sharding, train, train_step
+from revisit_jax import compile_cache, config_check, sharding, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 
@@ -122,11 +122,30 @@ def demo_with(**fields):
     ({'method__key_momentum': 1.5}, 'config.method.key_momentum=1.5'),
     ({'method__temperature': 0.0}, 'config.method.temperature=0.0'),
     ({'train__compilation_cache': ''}, 'config.train.compilation_cache is empty'),
+    ({'crops__autoaugment_crops': (0, 7)}, r'crops \[7\] do not exist \(crop ids are \(0, 1, 2, 3\)\)'),
+    ({'crops__num_small': 1, 'crops__autoaugment_crops': (0, 3)}, r'crops \[3\] do not exist'),
+    ({'crops__small_size': 0}, r'config.crops.small_size=0: expected an int >= 1'),
+    ({'crops__large_size': -224}, r'config.crops.large_size=-224: expected an int >= 1'),
+    ({'crops__num_small': -1}, r'config.crops.num_small=-1: expected an int >= 0'),
+    ({'method__kind': 'ours', 'crops__num_small': 0}, 'needs small crops'),
 ])
 def test_impossible_combinations_are_named(fields, message):
   mesh = sharding.make_mesh(jax.devices()[:1])
-  with pytest.raises(train.RunError, match=message):
+  with pytest.raises(config_check.ConfigError, match=message):
     train.validate(demo_with(**fields), mesh, num_images=1440)
+
+
+def test_an_impossible_layout_is_refused_before_anything_is_written(tmp_path):
+  with pytest.raises(config_check.ConfigError, match='autoaugment_crops'):
+    train.train(demo_with(crops__autoaugment_crops=(0, 9)), tmp_path / 'wd')
+  assert not (tmp_path / 'wd').exists()
+
+
+def test_any_number_of_small_crops_is_a_layout():
+  """SPEC.md section 3 sets no limit: crop ids follow num_small, so 5 small crops pass."""
+  config = demo_with(crops__num_small=5, crops__autoaugment_crops=(0, 6))
+  config_check.check(config, devices=1, num_images=1440)
+  assert config_check.crop_groups(config) == (((0, 1), 32), ((2, 3, 4, 5, 6), 16))
 
 
 def test_unknown_data_source_is_named(tmp_path):
@@ -143,7 +162,7 @@ def test_bn_groups_other_than_the_papers_128_images_are_flagged(devices, bn_grou
   """SPEC.md: the paper's BatchNorm averaged over 128 images (2 GPUs x 128)."""
   c = load('ours_800ep')
   c.data.bn_groups = bn_groups
-  note = train_step.bn_group_note(c, devices)
+  note = config_check.bn_group_note(c, devices)
   if advice is None:
     assert note == ''
   else:

@@ -399,7 +399,7 @@ def test_eval_images_match_torchvision_resize_centre_crop(tmp_path):
 
 DEVICE_SCRIPT = """
 import jax, numpy as np
-from input_pipeline import device
+from revisit_jax import device_batches as device
 from revisit_jax.sharding import make_mesh
 mesh = make_mesh()
 assert len(mesh.devices) == 2

@@ -17,9 +17,9 @@ to memory (the jitter read and wrote ~60 times its input before).
 import jax
 import jax.numpy as jnp
 
+from revisit_jax.imagenet import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD
+
 LUMA = (0.299, 0.587, 0.114)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's op indices
 
 
