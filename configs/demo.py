@@ -2,15 +2,15 @@
 
   python -m revisit_jax.main --config configs/demo.py --workdir runs/demo
 
-'ours' (2 x 32 px + 2 x 16 px constrained crops, AutoAugment on crops 0, 2, 3, kNN loss) on
-the 1,440 train images (8 texture classes) of input_pipeline/demo_data.py, ResNet-18 at width
-16, float32 (bf16 is slow on CPUs), 30 epochs of 11 steps: 2 min 34 s wall-clock measured on
-the shared 2-core CPU dev box (taskset -c 0,1, 2026-11-28). At the end it prints the weighted
-kNN top-1 (k 20) on the 360 test images of the learned features and of the same network at
-initialisation (also in WORKDIR/knn_final.json; measured 81.7 % against 46.4 %) and writes
-torchvision-keyed weights (WORKDIR/resnet18_torchvision.pth, a width-16 ResNet-18) and its
-training curves (WORKDIR/report.png). The kNN monitor also runs every 5 epochs, for the
-curves: 6 runs of 3.6-3.7 s each measured on the same box under a load average of 11.
+'ours' (2 x 32 px + 2 x 16 px constrained crops, AutoAugment on crops 0, 2, 3, kNN loss) on the
+1,440 train images (8 texture classes) of input_pipeline/demo_data.py, ResNet-18 at width 16,
+float32 (bf16 is slow on CPUs), 30 epochs of 11 steps: 3 min 57 s wall-clock measured on the
+shared 2-core CPU dev box (2026-12-02, an empty compilation cache; BENCHMARKS.md). At the end
+it prints the weighted kNN top-1 (k 20) on the 360 test images of the learned features and of
+the same network at initialisation (also in WORKDIR/knn_final.json; measured 75.0 % against
+46.4 %) and writes torchvision-keyed weights (WORKDIR/resnet18_torchvision.pth, a width-16
+ResNet-18) and its training curves (WORKDIR/report.png). The kNN monitor also runs every 5
+epochs, for the curves (6 runs, 3.6-3.7 s each under a load average of 11).
 """
 
 from configs.base import get_base_config
