@@ -14,7 +14,6 @@ is deleted) and goes on from the newest intact step.
 import json
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -153,16 +152,14 @@ def _hush_abandoned_reads() -> None:
   They fail after the restore has returned, from tensorstore's threads ('Event loop is
   closed', through sys.excepthook) and at garbage collection (orbax's 'Encountered error while
   reading array index' with a TensorStore spec, through sys.unraisablehook): some hundred
-  lines that would bury the one-line warning. Every other exception, and any in the main
-  thread, is printed as before.
+  lines that would bury the one-line warning. Every other exception is printed as before.
   """
   if getattr(sys.excepthook, 'hushes_abandoned_reads', False):
     return
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def on_exception(kind, value, tb):
-    abandoned = kind is RuntimeError and str(value) == 'Event loop is closed'
-    if not abandoned or threading.current_thread() is threading.main_thread():
+    if not _abandoned_read(kind, value, tb):
       excepthook(kind, value, tb)
 
   def on_unraisable(unraisable):
@@ -171,6 +168,17 @@ def _hush_abandoned_reads() -> None:
 
   on_exception.hushes_abandoned_reads = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
+def _abandoned_read(kind, value, tb) -> bool:
+  """asyncio's 'Event loop is closed', raised where a read scheduled its callback on orbax's
+  closed loop (whichever thread tensorstore ran it on; under load, threads created outside
+  Python can look like the main one)."""
+  if kind is not RuntimeError or str(value) != 'Event loop is closed' or tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb.tb_frame.f_code.co_name == '_check_closed'
 
 
 def _everywhere(ok: bool) -> bool:
