@@ -12,6 +12,7 @@ is deleted) and goes on from the newest intact step.
 """
 
 import json
+import logging as stdlib_logging
 import shutil
 import sys
 import time
@@ -168,6 +169,9 @@ def _hush_abandoned_reads() -> None:
 
   on_exception.hushes_abandoned_reads = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+  # ... and through asyncio's logger, as futures whose exception nobody retrieved.
+  stdlib_logging.getLogger('asyncio').addFilter(
+      lambda record: 'exception was never retrieved' not in record.getMessage())
 
 
 def _abandoned_read(kind, value, tb) -> bool:
