@@ -11,10 +11,10 @@ damaged: a resume reports it in one warning line, renames it <step>.damaged-<tim
 is deleted) and goes on from the newest intact step.
 """
 
+import asyncio
+import contextlib
 import json
-import logging as stdlib_logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from revisit_jax.cli import one_line
 
 
+DRAIN_SECONDS = 60  # how long a failed restore waits for its other reads
 DELETED = 'deleted'  # orbax renames the steps it no longer keeps into this sub-folder
 
 
@@ -132,12 +133,12 @@ def restore(path, template=None, step: int | None = None):
   if step not in found:
     raise FileNotFoundError(f'{path}: no step {step} in {directory} (steps: {found})')
   mngr = _open(directory)
-  _hush_abandoned_reads()  # before: they can fail while the error is still propagating
   try:
     if template is None:
       template = on_one_device(mngr, step)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+    with _draining_loops():
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
   except jax.errors.JaxRuntimeError:
     raise
   except Exception as e:  # orbax and tensorstore raise many types for bad bytes, even Exception
@@ -147,42 +148,38 @@ def restore(path, template=None, step: int | None = None):
   return restored.state, restored.meta
 
 
-def _hush_abandoned_reads() -> None:
-  """Drops the tracebacks of the reads orbax leaves in flight when a damaged step fails.
+class _DrainingLoop(asyncio.SelectorEventLoop):
+  """An event loop that lets its pending tasks finish before it closes.
 
-  They fail after the restore has returned, from tensorstore's threads ('Event loop is
-  closed', through sys.excepthook) and at garbage collection (orbax's 'Encountered error while
-  reading array index' with a TensorStore spec, through sys.unraisablehook): some hundred
-  lines that would bury the one-line warning. Every other exception is printed as before.
+  orbax runs a restore in a fresh loop and closes it as soon as one read fails, leaving the
+  other reads in flight; when tensorstore completes them, their callbacks meet a closed loop
+  and print hundreds of 'Event loop is closed' tracebacks from its threads. Waiting for them
+  (their errors collected, not raised) leaves nothing to call back.
   """
-  if getattr(sys.excepthook, 'hushes_abandoned_reads', False):
-    return
-  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
-  def on_exception(kind, value, tb):
-    if not _abandoned_read(kind, value, tb):
-      excepthook(kind, value, tb)
-
-  def on_unraisable(unraisable):
-    if not str(unraisable.exc_value).startswith('Encountered error while reading array index'):
-      unraisablehook(unraisable)
-
-  on_exception.hushes_abandoned_reads = True
-  sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
-  # ... and through asyncio's logger, as futures whose exception nobody retrieved.
-  stdlib_logging.getLogger('asyncio').addFilter(
-      lambda record: 'exception was never retrieved' not in record.getMessage())
+  def close(self):
+    pending = asyncio.all_tasks(self)
+    if pending and not self.is_running() and not self.is_closed():
+      self.run_until_complete(asyncio.wait(pending, timeout=DRAIN_SECONDS))
+      for task in pending:
+        if task.done() and not task.cancelled():
+          task.exception()  # retrieved: asyncio does not log it as never retrieved
+    super().close()
 
 
-def _abandoned_read(kind, value, tb) -> bool:
-  """asyncio's 'Event loop is closed', raised where a read scheduled its callback on orbax's
-  closed loop (whichever thread tensorstore ran it on; under load, threads created outside
-  Python can look like the main one)."""
-  if kind is not RuntimeError or str(value) != 'Event loop is closed' or tb is None:
-    return False
-  while tb.tb_next is not None:
-    tb = tb.tb_next
-  return tb.tb_frame.f_code.co_name == '_check_closed'
+class _DrainingPolicy(type(asyncio.get_event_loop_policy())):
+  _loop_factory = _DrainingLoop
+
+
+@contextlib.contextmanager
+def _draining_loops():
+  """New event loops (orbax makes one per restore) drain before they close."""
+  policy = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_DrainingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(policy)
 
 
 def _everywhere(ok: bool) -> bool:

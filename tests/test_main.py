@@ -339,6 +339,40 @@ def test_no_intact_checkpoint_stops_in_one_line_and_fresh_starts_again(
   assert [s['loss'] for s in logged] == [s['loss'] for s in full[:2]]
 
 
+RESTORE_DAMAGED = """
+import sys
+from pathlib import Path
+import jax, numpy as np
+from revisit_jax import checkpoint
+from tests.test_main import DAMAGES, damage
+state = {f'w{i}': np.random.default_rng(i).random((64, 257), np.float32) for i in range(300)}
+mngr = checkpoint.manager(sys.argv[1], async_save=False)
+for step, how in enumerate(DAMAGES[:2] * 2):
+  checkpoint.save(mngr, step, state, {'step': step})
+  mngr.wait_until_finished()
+  damage(Path(sys.argv[1]) / 'checkpoints' / str(step), how)
+checkpoint.close(mngr)
+device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+template = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in state.items()}
+try:
+  checkpoint.restore_newest_intact(sys.argv[1], template)
+except checkpoint.NoIntactCheckpoint as e:
+  sys.exit(f'error: {e}')  # and the process ends while nothing else may be left in flight
+"""
+
+
+def test_failed_restores_leave_no_reads_behind(tmp_path):
+  """A read failing makes orbax give up on some hundred others in flight; a process that
+  reports it and exits prints its one line and nothing from them (without draining them,
+  600 to 9,000 lines of tracebacks)."""
+  result = subprocess.run([sys.executable, '-c', RESTORE_DAMAGED, str(tmp_path)], cwd=ROOT,
+                          env=env(tmp_path / 'cache'), capture_output=True, text=True,
+                          timeout=300)
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f'error: {tmp_path / "checkpoints"} holds no intact checkpoint')
+
+
 def test_checkpoint_reads_back_without_warnings(full_run, caplog):
   """The restore template comes from the checkpoint's own metadata, not a missing file."""
   workdir, _ = full_run
