@@ -75,10 +75,14 @@ def moco_v2(crops, draws):
 
 
 def moco_v2_crop(key, crop):
-  """The whole MoCo v2 chain, flip included, on one uint8 crop [H, W, 3] -> normalised float32."""
+  """The whole MoCo v2 chain, flip included, on one uint8 crop [H, W, 3] -> normalised float32.
+
+  The flip comes last (the chain commutes with it): a flip of the input is fused by XLA's CPU
+  backend into the blur's products, which then recompute the jitter for every product term
+  (vmapped over 200 crops of 32 x 32: 30 s instead of 15 ms)."""
   draws = jax.tree.map(lambda x: x[None], moco_v2_draws(key))
-  crop = jnp.where(draws['flip'][0], crop[:, ::-1], crop)
-  return color.normalize(moco_v2(crop[None], draws)[0])
+  out = color.normalize(moco_v2(crop[None], draws)[0])
+  return jnp.where(draws['flip'][0], out[:, ::-1], out)
 
 
 def _check(crops, image_ids, crop_ids, autoaugment_crops, num_crop_ids):
