@@ -216,12 +216,132 @@ def open_monitor(config):
     raise RunError(f'config.monitor.source={m.source!r}: {e}') from None
 
 
-def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> dict:
+class Chrono:
+  """The run's clock, as big_vision's chrono: the start-up (to the end of the first, compiling
+  step, with the seconds spent tracing, lowering and compiling), then images/s over each
+  logging window, the kNN monitor's time left out."""
+
+  def __init__(self, images_per_step: int):
+    self.images_per_step = images_per_step
+    self.start, self.compiled_before = time.perf_counter(), compile_cache.seconds()
+    self.startup = self.first_step_start = self.mark = None
+
+  def loop_starts(self):
+    self.first_step_start = time.perf_counter()
+
+  def first_step_done(self, step: int):
+    now = time.perf_counter()
+    spent = {'seconds': now - self.start, 'first_step_s': now - self.first_step_start,
+             **{k: v - self.compiled_before[k] for k, v in compile_cache.seconds().items()}}
+    self.startup = {k: round(v, 2) for k, v in spent.items()}
+    self.restart_window(step)
+
+  def restart_window(self, step: int):
+    self.mark = (time.perf_counter(), step)
+
+  def images_per_s(self, step: int) -> float:
+    """Since the window began; the next one begins now."""
+    (began, first), now = self.mark, time.perf_counter()
+    self.restart_window(step)
+    return (step - first) * self.images_per_step / (now - began) if now > began else 0.0
+
+
+def due(step: int, every: int, last: int | None = None) -> bool:
+  """Whether periodic work runs after `step`: every `every` steps (0: never) and at `last`."""
+  return step == last or bool(every) and step % every == 0
+
+
+class Loop:
+  """The steps and their periodic work: logging, the kNN monitor, checkpoints, signals."""
+
+  def __init__(self, config, workdir: Path, mesh, steps_per_epoch: int, last: int, step: int,
+               checkpointed, splits, chrono: Chrono):
+    self.config, self.workdir, self.splits, self.chrono = config, workdir, splits, chrono
+    self.steps_per_epoch, self.last, self.devices = steps_per_epoch, last, mesh.devices.size
+    self.mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
+    sources.import_tf()  # TensorFlow (the data, clu's event writer) kept off the accelerators
+    self.writer = logging_utils.MetricWriter(workdir, step)
+    self.bar = logging_utils.progress_bar(last, step)
+    self.stop = StopSignal(every=config.train.log_every_steps)
+    self.metrics = Metrics(steps_per_epoch)
+    self.metrics.checkpointed = checkpointed
+
+  def run(self, state, step: int, step_fn, batches):
+    """Steps until the last or a signal: (state, step, whether a signal stopped it)."""
+    t, stopped = self.config.train, False
+    self.chrono.loop_starts()
+    try:
+      while step < self.last and not stopped:
+        state, step_metrics = step_fn(state, next(batches))
+        step += 1
+        self.metrics.add(step, step_metrics)
+        self.bar.update(1)
+        if self.chrono.startup is None:
+          self.metrics.settle()  # the first step has compiled and run
+          self.chrono.first_step_done(step)
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        if due(step, t.log_every_steps, self.last):
+          self.log(step)
+        if batch == 0 and due(epoch, self.config.monitor.every_epochs):
+          self.monitor(step, epoch, state)
+        stopped = self.stop.requested(step)
+        if due(step, t.checkpoint_every_steps, self.last) or batch == 0 or stopped:
+          self.save(step, state)
+      if stopped:
+        self.bar.write(f'stopped by signal at step {step}: checkpoint saved in {self.workdir}')
+    finally:
+      self.stop.restore()
+      self.bar.close()
+      checkpoint.close(self.mngr)
+      self.writer.close()
+    return state, step, stopped
+
+  def log(self, step: int):
+    mean, rate = self.metrics.mean(), self.chrono.images_per_s(step)
+    mean.update(epoch=step / self.steps_per_epoch, images_per_s=rate,
+                images_per_s_per_device=rate / self.devices)
+    self.writer.write_scalars(step, mean)
+    self.bar.set_postfix(logging_utils.postfix(mean, step / self.steps_per_epoch, rate,
+                                               self.devices), refresh=False)
+
+  def monitor(self, step: int, epoch: int, state):
+    top1 = monitor.knn_top1(self.config, state.params, state.batch_stats, self.splits)
+    self.writer.write_scalars(step, {'monitor/knn_top1': top1})
+    m = self.config.monitor
+    self.bar.write(f'step {step} epoch {epoch}: kNN top-1 {top1:.2f} % on {m.source}/'
+                   f'{m.test_split}')
+    self.metrics.settle()
+    self.chrono.restart_window(step)  # the monitor is not training throughput
+
+  def save(self, step: int, state):
+    """A checkpoint, once the state is seen to be finite."""
+    self.metrics.settle()
+    epoch, batch = divmod(step, self.steps_per_epoch)
+    if not all_finite(state):  # a finite loss can still be followed by an overflowing update
+      raise self.metrics.diverged(f'non-finite weights or statistics after step {step} '
+                                  f'(epoch {(step - 1) // self.steps_per_epoch})')
+    checkpoint.save(self.mngr, step, state, checkpoint.make_meta(
+        self.config, step, epoch, batch=batch, steps_per_epoch=self.steps_per_epoch))
+    self.metrics.checkpointed = step
+
+
+def device_batches(config, source, mesh, step: int, steps_per_epoch: int):
+  """The training batches from `step` on, as global arrays."""
+  from input_pipeline import crops, pipeline  # TensorFlow, once the config is known to be good
+  iterator = pipeline.create_train_iterator(
+      source, layout=crops.layout_of(config), constrained=config.crops.constrained,
+      canvas=config.data.canvas_size, batch_size=config.data.global_batch // jax.process_count(),
+      seed=config.data.seed, start=divmod(step, steps_per_epoch),
+      workers=config.data.workers or None)
+  return as_device_batches(iterator, mesh)
+
+
+def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> tuple:
   """Train (or resume) in `workdir`; returns (summary, final state). The summary: final step,
   stopped, and the start-up (seconds to the end of the first step, in that step, and spent
   tracing, lowering and compiling). `fresh` moves what `workdir` holds aside and starts from
   step 0."""
-  start, compiled_before = time.perf_counter(), compile_cache.seconds()
+  chrono = Chrono(config.data.global_batch)
   workdir = Path(workdir).absolute()
   mesh = sharding.make_mesh()
   source = open_data(config)
@@ -232,10 +352,10 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   check_same_run(workdir, config)
   splits = open_monitor(config)
 
-  from input_pipeline import crops, pipeline  # TensorFlow, once the config is known to be good
-  processes, devices = jax.process_count(), mesh.devices.size
-  local_batch = config.data.global_batch // processes
-  steps_per_epoch = pipeline.steps_per_epoch(len(source), local_batch, processes)
+  from input_pipeline import pipeline
+  processes = jax.process_count()
+  steps_per_epoch = pipeline.steps_per_epoch(len(source), config.data.global_batch // processes,
+                                             processes)
   last = total_steps(config, steps_per_epoch)
   if jax.process_index() == 0:
     files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + '\n')
@@ -243,76 +363,10 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> di
   state = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
   state, latest = restore(workdir, state)
   step = int(state.step)
-  iterator = pipeline.create_train_iterator(
-      source, layout=crops.layout_of(config), constrained=config.crops.constrained,
-      canvas=config.data.canvas_size,
-      batch_size=local_batch, seed=config.data.seed,
-      start=divmod(step, steps_per_epoch), workers=config.data.workers or None)
-  batches = as_device_batches(iterator, mesh)
+  batches = device_batches(config, source, mesh, step, steps_per_epoch)
   step_fn = train_step.make_train_step(config, mesh, steps_per_epoch)
-
-  mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
-  sources.import_tf()  # TensorFlow (the data, clu's event writer) kept off the accelerators
-  writer = logging_utils.MetricWriter(workdir, step)
-  bar = logging_utils.progress_bar(last, step)
-  stop = StopSignal(every=config.train.log_every_steps)
-  metrics = Metrics(steps_per_epoch)
-  metrics.checkpointed = latest
-  stopped = False
-  t = config.train
-  startup = None
-  try:
-    clock, clock_step = None, step
-    while step < last:
-      step_start = time.perf_counter()
-      state, step_metrics = step_fn(state, next(batches))
-      step += 1
-      metrics.add(step, step_metrics)
-      bar.update(1)
-      if clock is None:  # time from the end of the first (compiling) step
-        metrics.settle()
-        clock, clock_step = time.perf_counter(), step
-        spent = {'seconds': clock - start, 'first_step_s': clock - step_start,
-                 **{k: v - compiled_before[k] for k, v in compile_cache.seconds().items()}}
-        startup = {k: round(v, 2) for k, v in spent.items()}
-      epoch_end = step % steps_per_epoch == 0
-      if step % t.log_every_steps == 0 or step == last:
-        mean = metrics.mean()
-        elapsed = time.perf_counter() - clock
-        rate = (step - clock_step) * config.data.global_batch / elapsed if elapsed > 0 else 0.0
-        clock, clock_step = time.perf_counter(), step
-        mean.update(epoch=step / steps_per_epoch, images_per_s=rate,
-                    images_per_s_per_device=rate / devices)
-        writer.write_scalars(step, mean)
-        bar.set_postfix(logging_utils.postfix(mean, step / steps_per_epoch, rate, devices),
-                        refresh=False)
-      epoch = step // steps_per_epoch
-      every = config.monitor.every_epochs
-      if epoch_end and every and epoch % every == 0:
-        top1 = monitor.knn_top1(config, state.params, state.batch_stats, splits)
-        writer.write_scalars(step, {'monitor/knn_top1': top1})
-        bar.write(f'step {step} epoch {epoch}: kNN top-1 {top1:.2f} % on '
-                  f'{config.monitor.source}/{config.monitor.test_split}')
-        metrics.settle()
-        clock, clock_step = time.perf_counter(), step  # the monitor is not training throughput
-      stopped = stop.requested(step)
-      if step % t.checkpoint_every_steps == 0 or epoch_end or step == last or stopped:
-        metrics.settle()
-        if not all_finite(state):  # a finite loss can still be followed by an overflowing update
-          raise metrics.diverged(f'non-finite weights or statistics after step {step} '
-                                 f'(epoch {(step - 1) // steps_per_epoch})')
-        checkpoint.save(mngr, step, state, checkpoint.make_meta(
-            config, step, epoch, batch=step % steps_per_epoch, steps_per_epoch=steps_per_epoch))
-        metrics.checkpointed = step
-      if stopped:
-        bar.write(f'stopped by signal at step {step}: checkpoint saved in {workdir}')
-        break
-  finally:
-    stop.restore()
-    bar.close()
-    checkpoint.close(mngr)
-    writer.close()
-
+  loop = Loop(config, workdir, mesh, steps_per_epoch, last, step, latest, splits, chrono)
+  state, step, stopped = loop.run(state, step, step_fn, batches)
   summary = {'step': step, 'epoch': step / steps_per_epoch, 'stopped': stopped,
-             'workdir': str(workdir), 'startup': startup}
+             'workdir': str(workdir), 'startup': chrono.startup}
   return summary, state

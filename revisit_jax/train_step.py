@@ -62,95 +62,89 @@ def input_side(config: ml_collections.ConfigDict, key, batch) -> list:
                   crop_ids) for crop_ids, size in crop_groups(config)]
 
 
-def make_gradients(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
-  """The step up to the optimizer: (state, batch) -> (grads, aux).
+def pmean_floats(tree):
+  """Average BN statistics over devices so the replicated copy stays replicated."""
+  return jax.tree.map(
+      lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
-  aux: 'metrics', 'batch_stats' (query encoder, after both passes), 'key_params',
-  'key_batch_stats', 'keys' and 'keys_h' (this step's keys, split like the batch), 'rng'.
-  With augment=False the crops are cut unflipped and only normalised.
-  """
-  config_check.check(config, mesh.devices.size)
+
+def per_device_pieces(config: ml_collections.ConfigDict, mesh, augment=True):
+  """The step's work on each device's images, shard-mapped over the batch axis:
+  (encode_keys, query_loss, enqueue). With augment=False the crops are cut unflipped and
+  only normalised."""
   model = method.build_encoder(config)
   m, c = config.method, config.crops
   small_ids = tuple(range(2, num_crops(config)))
-  schedule = make_schedule(config, steps_per_epoch)
   cut, prepare = crop_ops(config, augment)
 
-  def pmean_floats(tree):
-    """Average BN statistics over devices so the replicated copy stays replicated."""
-    return jax.tree.map(
-        lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-  def keys(params, batch_stats, images, boxes, image_id, permutation, key):
-    crops = cut(key, images, boxes, image_id, (1,), c.large_size)[:, 0]
+  def encode_keys(params, batch_stats, batch, permutation, key):
+    """Crop 1 through the key encoder with shuffle BN: (k, h) per image, BN statistics."""
+    ids = batch['image_id']
+    crops = cut(key, batch['image'], batch['boxes'], ids, (1,), c.large_size)[:, 0]
     prep = lambda crops, ids: prepare(key, crops[:, None], ids, (1,))[:, 0]  # noqa: E731
-    k, h, batch_stats = method.shuffled_keys(
-        model, params, batch_stats, crops, image_id, permutation, prep)
+    k, h, batch_stats = method.shuffled_keys(model, params, batch_stats, crops, ids,
+                                             permutation, prep)
     return k, h, pmean_floats(batch_stats)
 
-  def loss(params, batch_stats, images, boxes, image_id, k, queue, queue_h, key, knn_weight):
-    query = cut(key, images, boxes, image_id, (0,), c.large_size)
-    query = prepare(key, query, image_id, (0,))[:, 0]
+  def query_loss(params, batch_stats, batch, k, queue, queue_h, key, knn_weight):
+    """Crop 0 and the small crops through the query encoder, their losses against the keys
+    and the queues: (loss, (loss terms, BN statistics))."""
+    images, boxes, ids = batch['image'], batch['boxes'], batch['image_id']
+    query = prepare(key, cut(key, images, boxes, ids, (0,), c.large_size), ids, (0,))[:, 0]
     small = None
     if small_ids:
-      small = cut(key, images, boxes, image_id, small_ids, c.small_size)
-      small = prepare(key, small, image_id, small_ids)
+      small = prepare(key, cut(key, images, boxes, ids, small_ids, c.small_size), ids,
+                      small_ids)
     z, h, batch_stats = method.query_features(model, params, batch_stats, query, small)
     terms = method.losses(z, k, h, queue, queue_h, m.temperature, m.knn_topk, knn_weight)
     return terms['loss'], (terms, pmean_floats(batch_stats))
 
-  data, rep = P(AXIS), P()
-  keys = jax.shard_map(keys, mesh=mesh, in_specs=(rep, rep, data, data, data, rep, rep),
-                       out_specs=(data, data, rep))
-  loss = jax.shard_map(
-      loss, mesh=mesh,
-      in_specs=(rep, rep, data, data, data, data, data, data, rep, rep),
-      out_specs=(rep, (rep, rep)))
-
-  def gradients(state: TrainState, batch):
-    check_batch(config, batch)
-    rng, permutation_key, augment_key = jax.random.split(state.rng, 3)
-    permutation = jax.random.permutation(permutation_key, config.data.global_batch)
-    key_params = method.ema(state.key_params, state.params, m.key_momentum)
-    k, k_h, key_batch_stats = keys(key_params, state.key_batch_stats, batch['image'],
-                                   batch['boxes'], batch['image_id'], permutation, augment_key)
-    epoch = state.step // steps_per_epoch
-    knn_weight = jnp.where(epoch >= m.knn_warmup_epochs, m.knn_weight, 0.0)
-    (_, (terms, batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(
-        state.params, state.batch_stats, batch['image'], batch['boxes'], batch['image_id'], k,
-        state.queue, state.queue_h, augment_key, knn_weight)
-    metrics = {**terms, 'lr': schedule(state.step)}
-    return grads, {'metrics': metrics, 'batch_stats': batch_stats, 'key_params': key_params,
-                   'key_batch_stats': key_batch_stats, 'keys': k, 'keys_h': k_h, 'rng': rng}
-
-  return gradients
-
-
-def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
-  """A jitted `(state, batch) -> (state, metrics)`; the input state is donated."""
-  gradients = make_gradients(config, mesh, steps_per_epoch, augment)
-  optimizer = make_optimizer(config, steps_per_epoch)
-  data, rep = P(AXIS), P()
-
   def enqueue(queue, queue_h, pointer, k, k_h):
+    """The keys over the oldest rows of each device's part of the queues."""
     queue, next_pointer = queues.enqueue(queue, k, pointer)
     if queue_h is not None:
       queue_h, _ = queues.enqueue(queue_h, k_h, pointer)
     return queue, queue_h, next_pointer
 
-  enqueue = jax.shard_map(enqueue, mesh=mesh, in_specs=(data, data, rep, data, data),
-                          out_specs=(data, data, rep))
+  data, rep = P(AXIS), P()
+  return (jax.shard_map(encode_keys, mesh=mesh, in_specs=(rep, rep, data, rep, rep),
+                        out_specs=(data, data, rep)),
+          jax.shard_map(query_loss, mesh=mesh,
+                        in_specs=(rep, rep, data, data, data, data, rep, rep),
+                        out_specs=(rep, (rep, rep))),
+          jax.shard_map(enqueue, mesh=mesh, in_specs=(data, data, rep, data, data),
+                        out_specs=(data, data, rep)))
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, augment=True):
+  """A jitted `(state, batch) -> (state, metrics)`; the input state is donated. The step in
+  the order of moco's builder.py: momentum update, keys with shuffle BN, queries and losses,
+  the update, the enqueue."""
+  config_check.check(config, mesh.devices.size)
+  encode_keys, query_loss, enqueue = per_device_pieces(config, mesh, augment)
+  optimizer = make_optimizer(config, steps_per_epoch)
+  schedule = make_schedule(config, steps_per_epoch)
+  m = config.method
 
   def step(state: TrainState, batch):
-    grads, aux = gradients(state, batch)
+    check_batch(config, batch)
+    rng, permutation_key, augment_key = jax.random.split(state.rng, 3)
+    key_params = method.ema(state.key_params, state.params, m.key_momentum)
+    permutation = jax.random.permutation(permutation_key, config.data.global_batch)
+    k, k_h, key_batch_stats = encode_keys(key_params, state.key_batch_stats, batch,
+                                          permutation, augment_key)
+    epoch = state.step // steps_per_epoch
+    knn_weight = jnp.where(epoch >= m.knn_warmup_epochs, m.knn_weight, 0.0)
+    # The gradient is taken outside shard_map: the replicated parameters get the global mean.
+    (_, (terms, batch_stats)), grads = jax.value_and_grad(query_loss, has_aux=True)(
+        state.params, state.batch_stats, batch, k, state.queue, state.queue_h, augment_key,
+        knn_weight)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    queue, queue_h, pointer = enqueue(state.queue, state.queue_h, state.queue_ptr,
-                                      aux['keys'], aux['keys_h'])
-    state = state.replace(
+    queue, queue_h, pointer = enqueue(state.queue, state.queue_h, state.queue_ptr, k, k_h)
+    metrics = {**terms, 'lr': schedule(state.step)}
+    return state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=aux['batch_stats'], key_params=aux['key_params'],
-        key_batch_stats=aux['key_batch_stats'], opt_state=opt_state, queue=queue,
-        queue_h=queue_h, queue_ptr=pointer, rng=aux['rng'])
-    return state, aux['metrics']
+        batch_stats=batch_stats, key_params=key_params, key_batch_stats=key_batch_stats,
+        opt_state=opt_state, queue=queue, queue_h=queue_h, queue_ptr=pointer, rng=rng), metrics
 
   return jax.jit(step, donate_argnums=0)

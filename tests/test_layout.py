@@ -77,3 +77,30 @@ def test_the_check_sees_violations(tmp_path, source, entry, bad):
   module.write_text(source)
   assert is_entry_point(ast.parse(source)) == entry
   assert bool(violations(module, tmp_path)) == bad
+
+
+MAX_FUNCTION_LINES = 60  # a function a reader takes in at once (issue 18)
+
+
+def long_functions(path: Path, root: Path = ROOT) -> list[str]:
+  """'file:line name (N lines)' for each function of `path` of MAX_FUNCTION_LINES or more."""
+  tree = ast.parse(path.read_text(), str(path))
+  return [f'{path.relative_to(root)}:{node.lineno} {node.name} '
+          f'({node.end_lineno - node.lineno + 1} lines)'
+          for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and node.end_lineno - node.lineno + 1 >= MAX_FUNCTION_LINES]
+
+
+def test_functions_of_the_library_are_short():
+  found = [f for p in sorted((ROOT / 'revisit_jax').rglob('*.py')) for f in long_functions(p)]
+  assert not found, '\n'.join(found)
+
+
+def test_the_length_check_counts_nested_functions(tmp_path):
+  module = tmp_path / 'revisit_jax' / 'probe.py'
+  module.parent.mkdir()
+  inner = 'def outer():\n  def inner():\n' + '    x = 1\n' * 59 + '  return inner\n'
+  module.write_text(inner)
+  assert [f.split()[1] for f in long_functions(module, tmp_path)] == ['outer', 'inner']
+  module.write_text('def short():\n' + '  x = 1\n' * 57 + '  return x\n')
+  assert long_functions(module, tmp_path) == []
