@@ -259,7 +259,6 @@ class Loop:
     self.config, self.workdir, self.splits, self.chrono = config, workdir, splits, chrono
     self.steps_per_epoch, self.last, self.devices = steps_per_epoch, last, mesh.devices.size
     self.mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, async_save=True)
-    sources.import_tf()  # TensorFlow (the data, clu's event writer) kept off the accelerators
     self.writer = logging_utils.MetricWriter(workdir, step)
     self.bar = logging_utils.progress_bar(last, step)
     self.stop = StopSignal(every=config.train.log_every_steps)
@@ -327,7 +326,7 @@ class Loop:
 
 def device_batches(config, source, mesh, step: int, steps_per_epoch: int):
   """The training batches from `step` on, as global arrays."""
-  from input_pipeline import crops, pipeline  # TensorFlow, once the config is known to be good
+  from input_pipeline import crops, pipeline  # TensorFlow at import
   iterator = pipeline.create_train_iterator(
       source, layout=crops.layout_of(config), constrained=config.crops.constrained,
       canvas=config.data.canvas_size, batch_size=config.data.global_batch // jax.process_count(),
@@ -350,6 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> tu
   if fresh:
     start_afresh(workdir)
   check_same_run(workdir, config)
+  sources.import_tf()  # once the config is known to be good, and kept off the accelerators
   splits = open_monitor(config)
 
   from input_pipeline import pipeline
