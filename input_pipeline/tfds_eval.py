@@ -12,9 +12,11 @@ from input_pipeline.sources import decode_file_bytes, import_tf, tfds_builder
 
 
 def load(name: str, split: str, data_dir=None, image_key=None):
-  """(builder, dataset of `split` with `image_key` left encoded, image key).
+  """(builder, dataset of `split` in stored order with `image_key` left encoded, image key).
 
-  `image_key` defaults to the image of the dataset's supervised keys.
+  `image_key` defaults to the image of the dataset's supervised keys. Either storage format
+  reads, as in training (sources.TFDSSource): tfrecord is streamed, array_record is read
+  record by record in the same order.
   """
   import tensorflow_datasets as tfds
 
@@ -23,18 +25,35 @@ def load(name: str, split: str, data_dir=None, image_key=None):
     if builder.info.supervised_keys is None:
       raise ValueError(f'TFDS dataset {name!r} has no (image, label) supervised keys')
     image_key = builder.info.supervised_keys[0]
+  decoders = {image_key: tfds.decode.SkipDecoding()}
   try:
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={image_key: tfds.decode.SkipDecoding()})
+    if builder.info.file_format in tfds.core.FileFormat.with_random_access():
+      records = builder.as_data_source(split=split, decoders=decoders)
+      ds = records_in_order(records, builder.info.features, image_key)
+    else:
+      ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
   except (AssertionError, ValueError) as e:
     first_line = str(e).strip().splitlines()[0]
     raise FileNotFoundError(f'TFDS dataset {name!r} split {split!r} not found in '
                             f'{data_dir or "the default data dir"} (it must be prepared '
                             f'beforehand): {first_line}') from None
-  except NotImplementedError:  # TFDS reads array_record only by random access
-    raise ValueError(f'TFDS dataset {name!r} is stored as {builder.info.file_format.value}; the '
-                     'evaluations read it in order, which needs file_format="tfrecord"') from None
   return builder, ds, image_key
+
+
+def records_in_order(records, features, image_key):
+  """A random-access split (`records`) as a tf.data dataset of its examples in stored order,
+  typed by the dataset's `features`, the image left encoded."""
+  tf = import_tf()
+  signature = {**features.get_tensor_spec(), image_key: tf.TensorSpec([], tf.string)}
+
+  def typed(spec, value):  # lists (sequence features) and empty ones get the feature's dtype
+    if isinstance(spec, dict):
+      return {k: typed(s, value[k]) for k, s in spec.items()}
+    return np.asarray(value, spec.dtype.as_numpy_dtype)
+
+  return tf.data.Dataset.from_generator(
+      lambda: (typed(signature, records[i]) for i in range(len(records))),
+      output_signature=signature)
 
 
 def decoded_images(ds, image_key):

@@ -304,8 +304,13 @@ def test_tfds_array_record_source_reads_like_the_images_in_memory(tmp_path, capl
   np.testing.assert_array_equal(np.concatenate([b['image_id'] for b in evals]), np.arange(24))
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in evals]),
                                 [stored[i]['label'] for i in range(24)])
-  with pytest.raises(ValueError, match='stored as array_record'):
-    tfds_eval.load('tiny_solid_images', 'train', str(tmp_path), image_key='image')
+  # So do the evaluations that read TFDS splits themselves: what the tfrecord copy gives.
+  _tiny_tfds_builder(str(tmp_path / 'tfrecord'))
+  got, want = (tfds_eval.load('tiny_solid_images', 'train', str(d), image_key='image')[1]
+               for d in (tmp_path, tmp_path / 'tfrecord'))
+  pairs = zip(got.as_numpy_iterator(), want.as_numpy_iterator(), strict=True)
+  for g, w in pairs:
+    assert g['image'] == w['image'] and g['label'] == w['label']  # encoded bytes, labels
 
 
 def test_tfds_tfrecord_source_warns_that_its_order_barely_changes(tmp_path, caplog):

@@ -23,7 +23,7 @@ from revisit_jax.train_step import check_batch, make_train_step
 from step_batches import canvas_size, tiled_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYOUTS = ('1x8', '2x4', '4x2', '8x1', '1x2', '2x1')  # devices x BN groups per device
+LAYOUTS = ('1x8', '2x4', '8x1', '1x2', '2x1')  # devices x BN groups per device
 BATCH = 16
 
 
@@ -57,7 +57,7 @@ def same_rows(a, b, atol):
 
 
 @pytest.mark.parametrize('reference, other', [
-    ('1x8', '2x4'), ('1x8', '4x2'), ('1x8', '8x1'), ('1x2', '2x1')])
+    ('1x8', '2x4'), ('1x8', '8x1'), ('1x2', '2x1')])
 def test_sharded_step_equals_unsharded(sharded, reference, other):
   for name, want in fields(sharded, reference, 'metrics').items():
     np.testing.assert_allclose(sharded[f'{other}/{name}'], want, rtol=1e-5, err_msg=name)

@@ -1,5 +1,6 @@
 """VOC07 SVM: the label reader, the two protocols on planted features, the CLI against the
 original's and the benchmark's code paths (written out here: they download VOC and need CUDA)."""
+import functools
 import io
 import json
 
@@ -183,8 +184,10 @@ def test_features_are_divided_by_norm_plus_1e5():
                              [[3 / (5 + 1e-5), 4 / (5 + 1e-5)], [0, 0], [0.5, 0]])
 
 
-def _tiny_voc(data_dir):
-  """A prepared TFDS dataset with voc/2007's label features and JPEG photos, made locally."""
+@functools.cache
+def _tiny_voc_class():
+  """A TFDS builder with voc/2007's label features and JPEG photos (registered once per
+  process)."""
   import tensorflow_datasets as tfds
   from PIL import Image
   from sklearn.datasets import load_sample_image
@@ -214,17 +217,27 @@ def _tiny_voc(data_dir):
         yield f'{split}{k}', {'image': jpeg.getvalue(), 'labels': labels,
                               'labels_no_difficult': [k, 19]}
 
-  TinyVoc(data_dir=data_dir).download_and_prepare()
+  return TinyVoc
+
+
+def _tiny_voc(data_dir, file_format='tfrecord'):
+  """The tiny VOC prepared locally (no download), stored as `file_format`."""
+  _tiny_voc_class()(data_dir=data_dir, file_format=file_format).download_and_prepare()
   return 'tiny_voc'
 
 
-def test_tfds_source_labels_and_images(tmp_path):
+@pytest.mark.parametrize('file_format', ['tfrecord', 'array_record'])
+def test_tfds_source_labels_and_images(tmp_path, file_format):
+  """Read in stored order from either format; the reference is TFDS's own reader of a
+  tfrecord copy."""
   tfds = pytest.importorskip('tensorflow_datasets')
   from PIL import Image
-  name = _tiny_voc(str(tmp_path))
+  name = _tiny_voc(str(tmp_path / 'tfrecord'))
+  if file_format != 'tfrecord':
+    _tiny_voc(str(tmp_path / file_format), file_format)
   for split, n in (('trainval', 3), ('test', 3)):
-    ds, labels = tfds_eval.voc07_split(name, split, 20, str(tmp_path))
-    stored = tfds.builder(name, data_dir=str(tmp_path)).as_dataset(
+    ds, labels = tfds_eval.voc07_split(name, split, 20, str(tmp_path / file_format))
+    stored = tfds.builder(name, data_dir=str(tmp_path / 'tfrecord')).as_dataset(
       split={'trainval': 'train+validation', 'test': 'test'}[split], shuffle_files=False,
       decoders={'image': tfds.decode.SkipDecoding()})
     raw = list(stored.as_numpy_iterator())
