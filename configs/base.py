@@ -63,6 +63,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.export_torch = True        # write torchvision weights next to the checkpoints at the end
   c.train.compilation_cache = 'auto'  # persistent XLA cache: a folder, 'off', or 'auto' =
                                      # $REVISIT_JAX_XLA_CACHE, else ~/.cache/revisit_jax/xla
+  c.train.xla_flags = ''             # XLA flags for this config, put before $XLA_FLAGS (which wins)
 
   c.monitor = ml_collections.ConfigDict()
   c.monitor.every_epochs = 0         # 0 = off; else weighted kNN top-1 every E epochs

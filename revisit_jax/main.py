@@ -58,6 +58,13 @@ def init_distributed() -> None:
                                process_id=explicit[2])
 
 
+def use_xla_flags(config_flags: str) -> None:
+  """The config's XLA flags, before $XLA_FLAGS so that a flag set there wins. JAX hands them
+  to XLA when it starts its backends, at the first device query, which comes later."""
+  if config_flags:
+    os.environ['XLA_FLAGS'] = f"{config_flags} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+
 def report(summary: dict) -> None:
   """The end of the run on stdout: kNN comparison (if any) and a JSON summary line."""
   if summary['stopped']:
@@ -103,6 +110,7 @@ def main(argv):
     config = _CONFIG.value.lock()  # a config file that failed to load raises here
   except OSError as e:
     raise OSError(f'--config: {cli.one_line(e)}') from None
+  use_xla_flags(config.train.xla_flags)
   init_distributed()
   from revisit_jax import train
   workdir = Path(_WORKDIR.value).absolute()

@@ -324,13 +324,13 @@ class Loop:
     self.metrics.checkpointed = step
 
 
-def device_batches(config, source, mesh, step: int, steps_per_epoch: int):
-  """The training batches from `step` on, as global arrays."""
+def device_batches(config, source, mesh, batch_size: int, start: tuple[int, int]):
+  """The training batches from (epoch, batch) `start` on, as global arrays; `batch_size` is
+  this process's share of a batch."""
   from input_pipeline import crops, pipeline  # TensorFlow at import
   iterator = pipeline.create_train_iterator(
       source, layout=crops.layout_of(config), constrained=config.crops.constrained,
-      canvas=config.data.canvas_size, batch_size=config.data.global_batch // jax.process_count(),
-      seed=config.data.seed, start=divmod(step, steps_per_epoch),
+      canvas=config.data.canvas_size, batch_size=batch_size, seed=config.data.seed, start=start,
       workers=config.data.workers or None)
   return as_device_batches(iterator, mesh)
 
@@ -354,8 +354,8 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> tu
 
   from input_pipeline import pipeline
   processes = jax.process_count()
-  steps_per_epoch = pipeline.steps_per_epoch(len(source), config.data.global_batch // processes,
-                                             processes)
+  batch_size = config.data.global_batch // processes
+  steps_per_epoch = pipeline.steps_per_epoch(len(source), batch_size, processes)
   last = total_steps(config, steps_per_epoch)
   if jax.process_index() == 0:
     files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + '\n')
@@ -363,7 +363,7 @@ def train(config: ml_collections.ConfigDict, workdir, fresh: bool = False) -> tu
   state = train_state.create_train_state(config, mesh, jax.random.PRNGKey(config.train.seed))
   state, latest = restore(workdir, state)
   step = int(state.step)
-  batches = device_batches(config, source, mesh, step, steps_per_epoch)
+  batches = device_batches(config, source, mesh, batch_size, divmod(step, steps_per_epoch))
   step_fn = train_step.make_train_step(config, mesh, steps_per_epoch)
   loop = Loop(config, workdir, mesh, steps_per_epoch, last, step, latest, splits, chrono)
   state, step, stopped = loop.run(state, step, step_fn, batches)

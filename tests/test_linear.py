@@ -15,6 +15,7 @@ from eval import common
 from eval import linear
 from fixtures_eval import single_thread
 from revisit_jax import method
+from revisit_jax.models import feature_dim
 from test_knn import write_folder
 
 
@@ -66,7 +67,7 @@ def test_learned_demo_weights_beat_random_initialisation_in_both_modes(
   assert fast['mode'] == 'fast' and 'not the protocol' in fast['protocol']
   assert full['mode'] == 'full' and 'main_lincls.py' in full['protocol']
   assert (full['num_train'], full['num_test'], full['classes'], full['feature_dim']) == (
-      1440, 360, 8, 128)
+      1440, 360, 8, feature_dim('resnet18', demo.get_config().model.width))
   assert [h['lr'] for h in fast['history']] == pytest.approx([30] * 5 + [3] * 2 + [0.3])
 
 
