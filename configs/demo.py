@@ -5,7 +5,7 @@
 'ours' (2 x 32 px + 2 x 16 px constrained crops, AutoAugment on crops 0, 2, 3, kNN loss) on the
 1,440 train images (8 texture classes) of input_pipeline/demo_data.py, ResNet-18 at width 16,
 float32 (bf16 is slow on CPUs), 25 epochs of 11 steps, XLA's CPU ops on one thread each:
-114-158 s wall-clock in 4 runs on the shared 2-core CPU dev box (2026-12-02, an empty
+114-158 s wall-clock in 5 runs on the shared 2-core CPU dev box (2026-12-02, an empty
 compilation cache; BENCHMARKS.md). At the end it prints the weighted kNN top-1 (k 20) on the
 360 test images of the learned features and of the same network at initialisation (also in
 WORKDIR/knn_final.json; measured 73.1 % against 46.4 %) and writes torchvision-keyed weights
@@ -35,7 +35,7 @@ def get_config():
   c.data.global_batch = 128
   c.data.canvas_size = 32  # the demo's images are 32 x 32
   # One thread per XLA op: on 2 cores the other one feeds the step (114 s against 130-170 s).
-  c.train.xla_flags = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
+  c.train.xla_flags = '--xla_cpu_multi_thread_eigen=false'
   c.train.log_every_steps = 5
   c.train.checkpoint_every_steps = 50
   c.monitor.source = 'demo'

@@ -61,6 +61,9 @@ def init_distributed() -> None:
 def use_xla_flags(config_flags: str) -> None:
   """The config's XLA flags, before $XLA_FLAGS so that a flag set there wins. JAX hands them
   to XLA when it starts its backends, at the first device query, which comes later."""
+  for word in config_flags.split():
+    if not word.startswith('--'):  # XLA would drop the flags after it without a word
+      raise ValueError(f'config.train.xla_flags: {word!r} is not an XLA flag (--name=value)')
   if config_flags:
     os.environ['XLA_FLAGS'] = f"{config_flags} {os.environ.get('XLA_FLAGS', '')}".strip()
 

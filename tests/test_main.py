@@ -453,6 +453,14 @@ def test_config_xla_flags_reach_xla_and_yield_to_the_users(user_flags, devices, 
   assert out.stdout.split()[-1] == str(devices)
 
 
+def test_config_xla_flags_refuse_a_word_that_would_hide_the_flags_after_it(tmp_path, cache):
+  result = run(tmp_path / 'wd', cache=cache,
+               fields=overrides(train__xla_flags='--xla_cpu_multi_thread_eigen=false threads=1'))
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("error: config.train.xla_flags: 'threads=1' is not an XLA "
+                                   'flag (--name=value)')
+
+
 def test_demo_learns_features_better_than_its_initialisation(demo_run):
   workdir, result = demo_run  # configs/demo.py as it ships
   knn = json.loads((workdir / 'knn_final.json').read_text())
