@@ -49,7 +49,7 @@ def env(tmp_cache, devices=1):
              # One thread per XLA CPU op: threaded reductions may sum in a varying order,
              # and the kNN loss's top-k turns such last-bit differences into other picks.
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-                       '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1',
+                       '--xla_cpu_multi_thread_eigen=false',
              JAX_COMPILATION_CACHE_DIR=str(tmp_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
