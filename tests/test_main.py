@@ -464,7 +464,7 @@ def test_config_xla_flags_refuse_a_word_that_would_hide_the_flags_after_it(tmp_p
 def test_demo_learns_features_better_than_its_initialisation(demo_run):
   workdir, result = demo_run  # configs/demo.py as it ships
   knn = json.loads((workdir / 'knn_final.json').read_text())
-  assert knn['learned_top1'] > knn['random_init_top1'] + 15  # points (measured +27 to +40)
+  assert knn['learned_top1'] > knn['random_init_top1'] + 15  # points (measured +26.6, +26.7)
   # Its curves: the path is printed; the picture shows the monitor every few epochs of 11 steps.
   assert f"Training curves: {workdir / 'report.png'}" in result.stdout
   assert (workdir / 'report.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
